@@ -1,0 +1,102 @@
+"""The soft-label stream: training logs -> one scoring stage per teacher -> the student trainer.
+
+Each stage is a Ray Data actor pool that loads one teacher's export, encodes the history bank
+once, and appends two columns to every Arrow batch that flows through it:
+
+    fd__<teacher>   front-door estimate  1/N sum_n sigmoid(h(e(x'_n), g(x), v(i)))   (CausalD)
+    kd__<teacher>   plain conditional    sigmoid(h(e(x), g(x), v(i)))                 (the KD ablation)
+
+Ray Data's streaming executor runs the stages concurrently with the student's consumption and
+applies backpressure, so the soft labels are never materialised as a whole.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+import torch
+from ray.train import Checkpoint
+
+from distrec.causal.frontdoor import conditional_prob, front_door_prob, sample_bank_indices
+from distrec.data.batch import BatchBuilder
+from distrec.data.schema import Manifest
+from distrec.io import atomic_write_bytes
+
+
+def front_door_column(teacher: str) -> str:
+    return f"fd__{teacher}"
+
+
+def conditional_column(teacher: str) -> str:
+    return f"kd__{teacher}"
+
+
+class TeacherScorer:
+    """Ray Data stage: adds one teacher's soft-label columns to each batch."""
+
+    def __init__(self, checkpoint: Checkpoint, bank_path: str) -> None:
+        from distrec.train.export import load_export
+
+        torch.set_num_threads(1)
+        with checkpoint.as_directory() as directory:
+            self.model, spec, manifest = load_export(directory)
+        self.name = spec["name"]
+        self.builder = BatchBuilder(manifest)
+        bank = pq.read_table(bank_path, columns=self.builder.columns)
+        with torch.no_grad():
+            self.bank_direct = self.model.encode(self.builder(bank)).direct
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        batch = self.builder(table)
+        with torch.no_grad():
+            encoded = self.model.encode(batch)
+            fd = front_door_prob(self.model.head, self.bank_direct, encoded.mediator, encoded.item)
+            kd = conditional_prob(self.model.head, *encoded)
+        table = table.append_column(front_door_column(self.name), pa.array(fd.numpy().astype(np.float32)))
+        return table.append_column(conditional_column(self.name), pa.array(kd.numpy().astype(np.float32)))
+
+
+def write_history_bank(manifest: Manifest, root: str, size: int, seed: int, out: Path) -> Path:
+    """Sample ``size`` training rows (their x = user, context, history) into ``out`` as Parquet.
+
+    Reads only the Parquet footers to count rows, then the chosen rows' row groups.
+    """
+    files = manifest.files(root, "train")
+    counts = np.array([pq.ParquetFile(f).metadata.num_rows for f in files])
+    chosen = np.sort(sample_bank_indices(int(counts.sum()), size, seed))
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    file_of = np.searchsorted(starts, chosen, side="right") - 1
+    columns = BatchBuilder(manifest).columns
+    pieces = []
+    for f in np.unique(file_of):
+        local = chosen[file_of == f] - starts[f]
+        pieces.append(pq.read_table(files[f], columns=columns).take(pa.array(local)))
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.concat_tables(pieces), sink)
+    atomic_write_bytes(out, sink.getvalue().to_pybytes())
+    return out
+
+
+def soft_label_stream(
+    train_files: list[str],
+    columns: list[str],
+    teachers: dict[str, Checkpoint],
+    bank_path: Path,
+    batch_size: int,
+) -> ray.data.Dataset:
+    """The lazily executed dataset the student trains on: logs plus every teacher's columns."""
+    ds = ray.data.read_parquet(train_files, columns=columns)
+    for checkpoint in teachers.values():
+        ds = ds.map_batches(
+            TeacherScorer,
+            fn_constructor_kwargs={"checkpoint": checkpoint, "bank_path": str(bank_path)},
+            batch_size=batch_size,
+            batch_format="pyarrow",
+            concurrency=1,
+            num_cpus=1,
+        )
+    return ds

@@ -1,0 +1,69 @@
+"""Ray Train: one ``TorchTrainer`` per model, several of them running side by side.
+
+Each model gets its own worker group, process group and sharding plan (heterogeneous DMPs do
+not share a process group). Trainers are started from Ray tasks, so K teachers and the ``base``
+model train concurrently; the driver only waits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.train import Checkpoint, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from distrec.train.loop import WorkerTask
+
+
+@dataclass
+class TrainedModel:
+    name: str
+    checkpoint: Checkpoint
+    metrics: dict[str, Any]
+
+
+def _worker_entry(config: dict[str, Any]) -> None:
+    from distrec.train.loop import train_worker
+
+    train_worker(config["task"])
+
+
+def fit(task: WorkerTask, storage_path: str, dataset: ray.data.Dataset | None = None) -> TrainedModel:
+    """Train ``task.model`` with a fresh TorchTrainer; ``dataset`` replaces the task's shards if given.
+
+    The dataset is split with ``streaming_split(equal=False)`` so no row is dropped; the loop keeps
+    ranks in lockstep with padding batches instead (``distrec.train.feed``).
+    """
+    train = task.train
+    if dataset is not None:
+        task.shards = dataset.streaming_split(train.num_workers, equal=False)
+    use_gpu = train.device == "cuda"
+    resources = {"CPU": train.cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = max(train.gpus_per_worker, 1.0)
+    trainer = TorchTrainer(
+        train_loop_per_worker=_worker_entry,
+        train_loop_config={"task": task},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(name=task.model.name, storage_path=storage_path),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training {task.model.name!r} finished without a checkpoint")
+    return TrainedModel(task.model.name, result.checkpoint, dict(result.metrics or {}))
+
+
+@ray.remote(num_cpus=0)
+def _fit_remote(task: WorkerTask, storage_path: str, dataset: ray.data.Dataset | None) -> TrainedModel:
+    return fit(task, storage_path, dataset)
+
+
+def fit_concurrently(
+    tasks: list[tuple[WorkerTask, ray.data.Dataset]], storage_path: str
+) -> dict[str, TrainedModel]:
+    """Train every (task, dataset) pair at the same time; returns the trained models by name."""
+    refs = {task.model.name: _fit_remote.remote(task, storage_path, ds) for task, ds in tasks}
+    return {name: ray.get(ref) for name, ref in refs.items()}

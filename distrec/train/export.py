@@ -1,0 +1,74 @@
+"""Unsharded model exports: what scoring, evaluation and warm starts on another topology load.
+
+An export is a directory with ``model.json`` (architecture, sizes and the dataset manifest) and
+``weights.pt`` (a plain state dict of tensors, loaded with ``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+from distrec.data.schema import Manifest
+from distrec.errors import CheckpointError
+from distrec.io import atomic_write_bytes, atomic_write_json
+from distrec.models.architectures import build_model
+
+SPEC = "model.json"
+WEIGHTS = "weights.pt"
+
+
+def gather_state_dict(module: nn.Module, prefix: str) -> dict[str, torch.Tensor] | None:
+    """Collect a sharded module's full state on rank 0 (every rank must call this); None elsewhere.
+
+    Only keys under ``prefix`` are kept, with the prefix removed (e.g. ``model.`` to drop the
+    objective wrapper and keep the model).
+    """
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    out: dict[str, torch.Tensor] = {}
+    for key, value in module.state_dict().items():
+        if not key.startswith(prefix):
+            continue
+        if isinstance(value, ShardedTensor):
+            full = torch.empty(value.size(), dtype=value.dtype) if rank == 0 else None
+            value.gather(dst=0, out=full)
+            tensor = full
+        else:
+            tensor = value.detach().cpu()
+        if rank == 0:
+            out[key[len(prefix) :]] = tensor.clone()
+    return out if rank == 0 else None
+
+
+def write_export(directory: Path, spec: dict[str, Any], manifest: Manifest, state: dict[str, torch.Tensor]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(directory / WEIGHTS, buffer.getvalue())
+    atomic_write_json(directory / SPEC, {**spec, "manifest": manifest.to_json()})
+
+
+def load_export(directory: str | Path) -> tuple[nn.Module, dict[str, Any], Manifest]:
+    """Rebuild an exported model on CPU, unsharded, in eval mode."""
+    directory = Path(directory)
+    spec_path, weights_path = directory / SPEC, directory / WEIGHTS
+    for path in (spec_path, weights_path):
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing; is {directory} a distrec model export?")
+    spec = json.loads(spec_path.read_text())
+    manifest = Manifest(**spec["manifest"])
+    model = build_model(spec["arch"], spec["name"], manifest, spec["dim"], spec["hidden"], torch.device("cpu"))
+    try:
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"{weights_path}: cannot be loaded into {spec['arch']!r}: {exc}") from exc
+    model.eval()
+    return model, spec, manifest

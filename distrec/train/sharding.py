@@ -1,0 +1,83 @@
+"""Sharding plans per device: which TorchRec sharding types each device may use, and the planner.
+
+On CPU TorchRec shards only data-parallel, table-wise, column-wise and table-column-wise (row-wise
+needs reduce_scatter, which gloo lacks); GPUs add row-wise and table-row-wise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.types import ShardingPlan
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+from distrec.errors import ConfigError
+
+CPU_SHARDING_TYPES = ("data_parallel", "table_wise", "column_wise", "table_column_wise")
+GPU_SHARDING_TYPES = (*CPU_SHARDING_TYPES, "row_wise", "table_row_wise")
+
+
+def supported_sharding_types(device_type: str) -> tuple[str, ...]:
+    if device_type == "cpu":
+        return CPU_SHARDING_TYPES
+    if device_type == "cuda":
+        return GPU_SHARDING_TYPES
+    raise ConfigError(f"train.device must be 'cpu' or 'cuda', got {device_type!r}")
+
+
+def allowed_sharding_types(device_type: str, requested: Sequence[str]) -> list[str]:
+    """The requested types, checked against the device; by default all but data_parallel.
+
+    data_parallel is left out by default because it replicates tables on every worker: the
+    planner would pick it for every small table, and large-table training is the point here.
+    """
+    supported = supported_sharding_types(device_type)
+    if not requested:
+        return [t for t in supported if t != "data_parallel"]
+    unsupported = [t for t in requested if t not in supported]
+    if unsupported:
+        raise ConfigError(
+            f"train.sharding_types {unsupported} are not available on {device_type}; it supports {list(supported)}"
+        )
+    return list(requested)
+
+
+def embedding_configs(model: nn.Module) -> list[EmbeddingBagConfig]:
+    return [cfg for m in model.modules() if isinstance(m, EmbeddingBagCollection) for cfg in m.embedding_bag_configs()]
+
+
+def make_planner(
+    model: nn.Module, world_size: int, device_type: str, sharding_types: Sequence[str], batch_size: int
+) -> EmbeddingShardingPlanner:
+    constraints = {
+        cfg.name: ParameterConstraints(sharding_types=allowed_sharding_types(device_type, sharding_types))
+        for cfg in embedding_configs(model)
+    }
+    topology = Topology(world_size=world_size, compute_device=device_type, local_world_size=world_size)
+    return EmbeddingShardingPlanner(topology=topology, batch_size=batch_size, constraints=constraints)
+
+
+def describe_plan(plan: ShardingPlan) -> list[dict[str, object]]:
+    """One row per table: sharding type, kernel and the ranks holding its shards."""
+    rows = []
+    for module_path, params in plan.plan.items():
+        for table, ps in params.items():  # type: ignore[union-attr]
+            ranks = sorted({r for r in (ps.ranks or [])})
+            rows.append(
+                {
+                    "module": module_path,
+                    "table": table,
+                    "sharding": ps.sharding_type,
+                    "kernel": ps.compute_kernel,
+                    "ranks": ranks,
+                }
+            )
+    return rows
+
+
+def device_for(device_type: str, local_rank: int) -> torch.device:
+    return torch.device(f"cuda:{local_rank}") if device_type == "cuda" else torch.device("cpu")
