@@ -1,0 +1,148 @@
+"""The ``distrec`` command: data, run, submit.
+
+Exit codes: 0 success, 1 other failure, 2 bad data, 3 bad configuration, 4 bad checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from distrec.errors import DistrecError
+
+
+def _data_synth(args: argparse.Namespace) -> None:
+    from distrec.data.synth import synthesize
+
+    manifest = synthesize(
+        Path(args.out),
+        args.rows,
+        users=args.users,
+        items=args.items,
+        days=args.days,
+        history_len=args.history_len,
+        confounding=args.confounding,
+        random_fraction=args.random_fraction,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
+    print(f"{args.out}: {sum(manifest.rows.values())} rows {manifest.rows}")
+
+
+def _data_import(args: argparse.Namespace) -> None:
+    from distrec.data.importer import import_interactions
+
+    manifest = import_interactions(
+        Path(args.interactions),
+        Path(args.out),
+        user_col=args.user_col,
+        item_col=args.item_col,
+        label_col=args.label_col,
+        time_col=args.time_col,
+        time_unit=args.time_unit,
+        policy_col=args.policy_col,
+        propensity_col=args.propensity_col,
+        random_col=args.random_col,
+        label_threshold=args.label_threshold,
+        ood=Path(args.ood) if args.ood else None,
+        confounder_cols=args.confounder_col,
+        sparse_cols=args.sparse_col,
+        history_len=args.history_len,
+        overwrite=args.overwrite,
+    )
+    print(f"{args.out}: {sum(manifest.rows.values())} rows {manifest.rows}")
+
+
+def _run(args: argparse.Namespace) -> None:
+    from distrec.config import load_config
+    from distrec.orchestrate.pipeline import run
+
+    run_dir = run(load_config(args.config, args.overrides))
+    print(run_dir)
+
+
+def _submit(args: argparse.Namespace) -> None:
+    from distrec.orchestrate.submit import submit
+
+    status = submit(
+        Path(args.config),
+        args.overrides,
+        args.address,
+        submission_id=args.submission_id,
+        wait=args.wait,
+    )
+    print(status)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distrec", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="create or import datasets in the canonical format").add_subparsers(
+        dest="data_command", required=True
+    )
+    synth = data.add_parser("synth", help="synthetic confounded logs with known ground truth")
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--rows", type=int, required=True)
+    synth.add_argument("--users", type=int, default=2000)
+    synth.add_argument("--items", type=int, default=1000)
+    synth.add_argument("--days", type=int, default=7)
+    synth.add_argument("--history-len", type=int, default=20)
+    synth.add_argument("--confounding", type=float, default=2.0)
+    synth.add_argument("--random-fraction", type=float, default=0.05)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--overwrite", action="store_true")
+    synth.set_defaults(func=_data_synth)
+
+    imp = data.add_parser("import", help="import your own interaction table (Parquet or CSV)")
+    imp.add_argument("--interactions", required=True, help="Parquet or CSV file, one row per exposure")
+    imp.add_argument("--out", required=True)
+    imp.add_argument("--user-col", default="user_id")
+    imp.add_argument("--item-col", default="item_id")
+    imp.add_argument("--label-col", default="label")
+    imp.add_argument("--time-col", default="timestamp")
+    imp.add_argument("--time-unit", default="s", help="unit of the time column (s, ms, us, ns)")
+    imp.add_argument("--policy-col")
+    imp.add_argument("--propensity-col")
+    imp.add_argument("--random-col", help="boolean column: exposure chosen uniformly at random")
+    imp.add_argument("--label-threshold", type=float, help="label = value >= threshold (e.g. 4 for ratings)")
+    imp.add_argument("--ood", help="a separately supplied out-of-distribution test log, same columns")
+    imp.add_argument("--confounder-col", action="append", default=[], help="observed confounder (repeatable)")
+    imp.add_argument("--sparse-col", action="append", default=[], help="extra categorical feature (repeatable)")
+    imp.add_argument("--history-len", type=int, default=20)
+    imp.add_argument("--overwrite", action="store_true")
+    imp.set_defaults(func=_data_import)
+
+    run = sub.add_parser("run", help="train teachers, stream soft labels, train the student, evaluate")
+    run.add_argument("config", help="YAML config, e.g. jobs/local.yaml")
+    run.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=2")
+    run.set_defaults(func=_run)
+
+    submit = sub.add_parser("submit", help="submit `distrec run` as a Ray job to a cluster")
+    submit.add_argument("config")
+    submit.add_argument("overrides", nargs="*")
+    submit.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://head:8265")
+    submit.add_argument("--submission-id", help="idempotency key; default derived from config, overrides and date")
+    submit.add_argument("--wait", action="store_true", help="follow the logs until the job ends")
+    submit.set_defaults(func=_submit)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    try:
+        args.func(args)
+    except DistrecError as exc:
+        print(f"distrec: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
