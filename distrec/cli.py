@@ -57,9 +57,14 @@ def _data_import(args: argparse.Namespace) -> None:
 
 def _run(args: argparse.Namespace) -> None:
     from distrec.config import load_config
+    from distrec.loopback import bind_local_ray_to_loopback
+
+    config = load_config(args.config, args.overrides)
+    if config.ray.address is None:
+        bind_local_ray_to_loopback()
     from distrec.orchestrate.pipeline import run
 
-    run_dir = run(load_config(args.config, args.overrides))
+    run_dir = run(config)
     print(run_dir)
 
 

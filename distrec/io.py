@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from distrec.errors import ConfigError
+
 
 @contextmanager
 def atomic_dir(final: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
@@ -20,7 +22,7 @@ def atomic_dir(final: str | os.PathLike[str], overwrite: bool = False) -> Iterat
     """
     final = Path(final)
     if final.exists() and not overwrite:
-        raise FileExistsError(f"{final} already exists; remove it or choose another output path")
+        raise ConfigError(f"{final} already exists; remove it, pass --overwrite, or choose another output path")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:

@@ -21,7 +21,9 @@ from distrec.train.export import load_export
 EVAL_SPLITS = ("test_id", "test_ood")
 
 
-def score_files(model: torch.nn.Module, builder: BatchBuilder, files: list[Path], batch_size: int) -> dict[str, np.ndarray]:
+def score_files(
+    model: torch.nn.Module, builder: BatchBuilder, files: list[Path], batch_size: int
+) -> dict[str, np.ndarray]:
     """Predicted probabilities with the users and labels of every row of ``files``."""
     users, labels, probs = [], [], []
     columns = sorted(set(builder.columns) | {USER, LABEL})

@@ -104,9 +104,7 @@ class MLPRanker(_Model):
 ARCHITECTURES: dict[str, type[_Model]] = {"deepfm": DeepFM, "dcn": DCN, "mlp": MLPRanker}
 
 
-def build_model(
-    arch: str, name: str, manifest: Manifest, dim: int, hidden: list[int], device: torch.device
-) -> _Model:
+def build_model(arch: str, name: str, manifest: Manifest, dim: int, hidden: list[int], device: torch.device) -> _Model:
     """Build a model; embedding tables go on ``device`` (``meta`` until TorchRec shards them)."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")

@@ -89,10 +89,7 @@ class FeatureEncoder(nn.Module):
         pooled = self.sparse_arch(batch.sparse).to_dict()
         direct_in = torch.cat([pooled[f] for f in self.direct_features] + [batch.dense], dim=-1)
         direct = self.direct_tower(direct_in)
-        if self.mediator_tower is not None:
-            mediator = self.mediator_tower(pooled[HISTORY])
-        else:
-            mediator = torch.zeros_like(direct)
+        mediator = self.mediator_tower(pooled[HISTORY]) if self.mediator_tower is not None else torch.zeros_like(direct)
         item = self.item_tower(torch.cat([pooled[f] for f in self.item_features], dim=-1))
         return Encoded(direct, mediator, item)
 

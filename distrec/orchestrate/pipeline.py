@@ -30,7 +30,7 @@ from distrec.config import Config, ModelConfig, RayConfig, to_dict, to_yaml
 from distrec.data.batch import BatchBuilder
 from distrec.data.schema import MANIFEST, SPLITS, Manifest
 from distrec.data.synth import synthesize
-from distrec.data.validate import read_parquet_checked, validate_table
+from distrec.data.validate import read_parquet_checked
 from distrec.errors import ConfigError
 from distrec.eval.evaluate import evaluate_checkpoints
 from distrec.eval.report import build_report, write_report
@@ -63,7 +63,7 @@ def prepare_dataset(config: Config) -> Path:
     if config.data.validate:
         for split in manifest.splits:
             for path in manifest.files(root, split):
-                validate_table(read_parquet_checked(path, manifest), manifest, str(path))
+                read_parquet_checked(path, manifest)  # reads, casts and validates every value
     return root
 
 
@@ -80,7 +80,7 @@ def check_names(config: Config) -> None:
 
 @contextmanager
 def ray_session(settings: RayConfig) -> Iterator[None]:
-    """Connect to a cluster, or start an embedded local Ray bound to 127.0.0.1."""
+    """Connect to a cluster, or start an embedded local Ray (on 127.0.0.1: see ``distrec.loopback``)."""
     if ray.is_initialized():
         yield
         return
@@ -90,7 +90,6 @@ def ray_session(settings: RayConfig) -> Iterator[None]:
         ray.init(
             num_cpus=settings.num_cpus,
             include_dashboard=False,
-            _node_ip_address="127.0.0.1",
             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
         )
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -136,7 +135,9 @@ def run(config: Config) -> Path:
         jobs.append((task(replace(config.student, name="base"), config.seed), logs()))
         trained = fit_concurrently(jobs, storage)
 
-        bank = write_history_bank(manifest, str(root), config.distill.bank_size, config.seed, run_dir / "history_bank.parquet")
+        bank = write_history_bank(
+            manifest, str(root), config.distill.bank_size, config.seed, run_dir / "history_bank.parquet"
+        )
         teachers = {t.name: trained[t.name].checkpoint for t in config.teachers}
         column = front_door_column if config.distill.target == "front_door" else conditional_column
         stream = soft_label_stream(train_files, columns, teachers, bank, config.distill.score_batch_size)

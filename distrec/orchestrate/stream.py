@@ -67,7 +67,7 @@ def write_history_bank(manifest: Manifest, root: str, size: int, seed: int, out:
     """
     files = manifest.files(root, "train")
     counts = np.array([pq.ParquetFile(f).metadata.num_rows for f in files])
-    chosen = np.sort(sample_bank_indices(int(counts.sum()), size, seed))
+    chosen = sample_bank_indices(int(counts.sum()), size, seed)  # sorted
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     file_of = np.searchsorted(starts, chosen, side="right") - 1
     columns = BatchBuilder(manifest).columns

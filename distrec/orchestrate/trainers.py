@@ -61,9 +61,7 @@ def _fit_remote(task: WorkerTask, storage_path: str, dataset: ray.data.Dataset |
     return fit(task, storage_path, dataset)
 
 
-def fit_concurrently(
-    tasks: list[tuple[WorkerTask, ray.data.Dataset]], storage_path: str
-) -> dict[str, TrainedModel]:
+def fit_concurrently(tasks: list[tuple[WorkerTask, ray.data.Dataset]], storage_path: str) -> dict[str, TrainedModel]:
     """Train every (task, dataset) pair at the same time; returns the trained models by name."""
     refs = {task.model.name: _fit_remote.remote(task, storage_path, ds) for task, ds in tasks}
     return {name: ray.get(ref) for name, ref in refs.items()}

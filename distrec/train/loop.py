@@ -80,7 +80,7 @@ def train_worker(task: WorkerTask) -> None:
     from distrec.train.export import gather_state_dict, write_export
     from distrec.train.feed import arrow_batches, lockstep, to_batches
     from distrec.train.objective import Objective
-    from distrec.train.sharding import describe_plan, device_for, embedding_configs, make_planner
+    from distrec.train.sharding import describe_plan, device_for, make_planner
 
     torch.set_num_threads(1)
     context = ray.train.get_context()

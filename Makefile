@@ -1,0 +1,29 @@
+# The two quick-start commands: `make demo` (the main job on the embedded synthetic data) and
+# `make test`. Both create .venv and install everything on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-all lint bench clean
+
+$(STAMP): pyproject.toml scripts/install.sh
+	VENV=$(VENV) scripts/install.sh
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/distrec run jobs/local.yaml $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check distrec tests benchmarks
+	$(VENV)/bin/ruff format --check distrec tests benchmarks
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

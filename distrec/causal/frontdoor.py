@@ -1,0 +1,91 @@
+"""CausalD's front-door soft labels: a Monte-Carlo estimate of P(Y | do(X=x), i) (DESIGN.md §4).
+
+    P(Y | do(x), i) = sum_m P(m | x) sum_x' P(x') P(Y | x', m, i)
+    y_fda(x, i)     = 1/K sum_k 1/N sum_n sigmoid(h_k(e_k(x'_n), g_k(x), v_k(i)))
+
+Teacher k supplies one mediator sample g_k(x) (so P(m | x) is uniform over the K teachers) and its
+head h_k; P(x') is a bank of N histories sampled from the training logs, whose ``direct`` parts
+e_k(x'_n) each teacher encodes once. ``front_door_prob`` is the inner 1/N sum for one teacher,
+``average_teachers`` the outer 1/K sum, and ``conditional_prob`` the plain-distillation target
+sigmoid(h_k(e_k(x), g_k(x), v_k(i))) that keeps the row's own x: the ablation without the x' sum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+Head = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""head(direct, mediator, item) -> logits; broadcasts over leading dims ([1,N,d], [B,1,d], [B,1,d] -> [B,N])."""
+
+
+def front_door_prob(
+    head: Head,
+    bank_direct: Tensor,
+    mediator: Tensor,
+    item: Tensor,
+    chunk_rows: int = 256,
+) -> Tensor:
+    """mean_n sigmoid(head(bank_direct[n], mediator[b], item[b])) for each row b: shape [B].
+
+    Rows are scored ``chunk_rows`` at a time, so the head sees chunk_rows * N pairs per call and
+    peak memory is that times the head's widest activation.
+    """
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
+    if bank_direct.dim() != 2 or bank_direct.shape[0] == 0:
+        raise ValueError(f"bank_direct must be a non-empty [N, d] tensor, got shape {list(bank_direct.shape)}")
+    if mediator.dim() != 2 or item.dim() != 2 or mediator.shape[0] != item.shape[0]:
+        raise ValueError(
+            f"mediator and item must be [B, d] with the same B, got {list(mediator.shape)} and {list(item.shape)}"
+        )
+    bank = bank_direct.unsqueeze(0)
+    num_bank = bank_direct.shape[0]
+    chunks = []
+    for start in range(0, mediator.shape[0], chunk_rows):
+        m = mediator[start : start + chunk_rows].unsqueeze(1)
+        v = item[start : start + chunk_rows].unsqueeze(1)
+        logits = head(bank, m, v)
+        if logits.shape != (m.shape[0], num_bank):
+            raise ValueError(
+                f"head returned shape {list(logits.shape)} for direct {list(bank.shape)}, mediator {list(m.shape)}; "
+                f"expected [{m.shape[0]}, {num_bank}]: the head must broadcast over leading dims"
+            )
+        chunks.append(torch.sigmoid(logits).mean(dim=1))
+    if not chunks:
+        return mediator.new_zeros(0)
+    return torch.cat(chunks)
+
+
+def conditional_prob(head: Head, direct: Tensor, mediator: Tensor, item: Tensor) -> Tensor:
+    """sigmoid(head(e(x), m(x), v)): the teacher's own P(Y | x, i), with no x' marginalisation."""
+    return torch.sigmoid(head(direct, mediator, item))
+
+
+def average_teachers(probs: Sequence[Tensor]) -> Tensor:
+    """The 1/K average over teachers of their per-row probabilities."""
+    if not probs:
+        raise ValueError("average_teachers needs at least one teacher's probabilities")
+    return torch.stack(list(probs)).mean(dim=0)
+
+
+def sample_bank_indices(num_rows: int, n: int, seed: int) -> np.ndarray:
+    """Sorted row indices of an x' bank of size n drawn from num_rows rows.
+
+    Without replacement when n <= num_rows; otherwise every row appears floor(n / num_rows) or
+    ceil(n / num_rows) times, the least-variance way to repeat rows.
+    """
+    if n < 0:
+        raise ValueError(f"bank size must be non-negative, got {n}")
+    if n > 0 and num_rows < 1:
+        raise ValueError(f"cannot draw a bank of {n} rows from {num_rows} rows")
+    rng = np.random.default_rng(seed)
+    if n <= num_rows:
+        picked = rng.choice(num_rows, size=n, replace=False)
+    else:
+        full, rest = divmod(n, num_rows)
+        picked = np.concatenate([np.tile(np.arange(num_rows), full), rng.choice(num_rows, size=rest, replace=False)])
+    return np.sort(picked).astype(np.int64)

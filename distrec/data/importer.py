@@ -1,0 +1,467 @@
+"""Import an interaction log (CSV or Parquet) into the canonical dataset format of :mod:`distrec.data.schema`.
+
+Conventions (see :func:`import_interactions`):
+
+* ids of any type are mapped to dense indices in sorted order of the raw ids of the main file; the
+  mappings are written to ``OUT/vocab/<feature>.parquet`` (columns ``raw``, ``index``).
+* ``--ood`` rows whose user or item does not occur in the main file are dropped (count logged and
+  recorded in ``manifest.source``): test_ood measures a shift of exposure, not cold start.
+* categorical features (sparse and confounder columns) are dictionary-encoded over main and OOD rows
+  together; a null is a category of its own.
+* times are numbers in ``time_unit`` since the epoch, or Arrow timestamps; stored as int64 seconds.
+* ``hist_item_ids`` holds the user's last ``history_len`` positives strictly before the row's time,
+  oldest first, over all imported rows (main and OOD) whatever their split.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+
+from distrec.data.schema import (
+    BASE_SCHEMA,
+    HISTORY,
+    IS_RANDOM,
+    ITEM,
+    LABEL,
+    POLICY,
+    PROPENSITY,
+    SPLITS,
+    TRUE_CTR,
+    TS,
+    USER,
+    Manifest,
+    Side,
+    SparseFeature,
+    partition_name,
+)
+from distrec.data.validate import validate_table
+from distrec.errors import ConfigError, DataError
+from distrec.io import atomic_dir
+
+logger = logging.getLogger(__name__)
+
+TIME_UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+DEFAULT_POLICY = "logging"
+RANDOM_POLICY = "random"
+WRITE_ROWS = 1_000_000  # rows per Parquet write; bounds the history lists built at once
+_DAY = 86_400
+_EPOCH = dt.date(1970, 1, 1)
+
+
+def gather_lists(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> pa.ListArray:
+    """List array whose row r is ``flat[starts[r] : starts[r] + lengths[r]]``, built without a Python loop."""
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    index = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(flat[index], pa.int64()))
+
+
+def history_index(
+    user: np.ndarray, ts: np.ndarray, item: np.ndarray, positive: np.ndarray, history_len: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's last ``history_len`` positive items of its user strictly before its time, vectorised.
+
+    Returns ``(positives, starts, lengths)``: row r's history, oldest first, is
+    ``positives[starts[r] : starts[r] + lengths[r]]`` (see :func:`gather_lists`).
+    """
+    order = np.lexsort((ts, user))
+    u, t, p = user[order], ts[order], positive[order]
+    at = np.arange(len(order))
+    new_user = np.r_[True, u[1:] != u[:-1]]
+    new_time = new_user | np.r_[True, t[1:] != t[:-1]]
+    user_start = np.maximum.accumulate(np.where(new_user, at, 0))
+    time_start = np.maximum.accumulate(np.where(new_time, at, 0))
+    before = np.r_[0, np.cumsum(p)]  # positives at sorted positions < i
+    end = before[time_start]  # so equal times never see each other
+    length = np.minimum(end - before[user_start], history_len)
+    starts = np.empty(len(order), dtype=np.int64)
+    lengths = np.empty(len(order), dtype=np.int64)
+    starts[order] = end - length
+    lengths[order] = length
+    return item[order][p], starts, lengths
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """Raw column names of an input file."""
+
+    user: str
+    item: str
+    label: str
+    time: str
+    policy: str | None
+    propensity: str | None
+    random: str | None
+    categorical: tuple[str, ...]
+
+    def required(self) -> list[str]:
+        optional = [self.policy, self.propensity, self.random]
+        return [self.user, self.item, self.label, self.time, *(c for c in optional if c), *self.categorical]
+
+
+@dataclass
+class _Log:
+    """One input file's rows after checks, ids and categories still raw."""
+
+    user: pa.ChunkedArray
+    item: pa.ChunkedArray
+    label: np.ndarray  # float32 0/1
+    ts: np.ndarray  # int64 seconds
+    policy: pa.ChunkedArray  # string
+    propensity: pa.ChunkedArray  # float32, nullable
+    is_random: np.ndarray  # bool
+    categorical: dict[str, pa.ChunkedArray]
+
+    def filter(self, keep: np.ndarray) -> _Log:
+        mask = pa.array(keep)
+        return _Log(
+            self.user.filter(mask),
+            self.item.filter(mask),
+            self.label[keep],
+            self.ts[keep],
+            self.policy.filter(mask),
+            self.propensity.filter(mask),
+            self.is_random[keep],
+            {name: col.filter(mask) for name, col in self.categorical.items()},
+        )
+
+
+def _read(path: Path) -> pa.Table:
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file")
+    suffixes = [s.lower() for s in path.suffixes]
+    if ".csv" in suffixes:
+        kind, reader = "CSV", pcsv.read_csv
+    elif suffixes[-1:] in ([".parquet"], [".pq"]):
+        kind, reader = "Parquet", pq.read_table
+    else:
+        raise DataError(f"{path}: unsupported file type {''.join(suffixes)!r}; expected .csv or .parquet")
+    try:
+        table = reader(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{path}: unreadable {kind} file: {exc}") from exc
+    if table.num_rows == 0:
+        raise DataError(f"{path}: empty file (0 rows)")
+    return table
+
+
+def _plain(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Dictionary-typed columns (common in Parquet) decoded to their value type."""
+    return col.cast(col.type.value_type) if pa.types.is_dictionary(col.type) else col
+
+
+def _is_number(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+
+
+def _numbers(path: Path, name: str, col: pa.ChunkedArray, hint: str = "") -> np.ndarray:
+    """A numeric column as float64, rejecting other types, nulls and NaN/inf."""
+    if not _is_number(col.type):
+        raise DataError(f"{path}: column {name!r}: type {col.type} is not numeric{hint}")
+    values = col.cast(pa.float64()).to_numpy()
+    if n := int(np.count_nonzero(~np.isfinite(values))):
+        raise DataError(f"{path}: column {name!r}: {n} null, NaN or infinite values")
+    return values
+
+
+def _labels(path: Path, name: str, col: pa.ChunkedArray, threshold: float | None) -> np.ndarray:
+    hint = "" if threshold is not None else "; labels must be 0/1"
+    values = _numbers(path, name, col, hint)
+    if threshold is not None:
+        return (values >= threshold).astype(np.float32)
+    if n := int(np.count_nonzero((values != 0) & (values != 1))):
+        raise DataError(f"{path}: column {name!r}: {n} values not in {{0, 1}}; pass label_threshold to binarise")
+    return values.astype(np.float32)
+
+
+def _seconds(path: Path, name: str, col: pa.ChunkedArray, time_unit: str) -> np.ndarray:
+    if pa.types.is_timestamp(col.type):
+        if col.null_count:
+            raise DataError(f"{path}: column {name!r}: {col.null_count} null values")
+        return col.cast(pa.int64()).to_numpy() // TIME_UNITS[col.type.unit]
+    if pa.types.is_integer(col.type):
+        if col.null_count:
+            raise DataError(f"{path}: column {name!r}: {col.null_count} null values")
+        return col.cast(pa.int64()).to_numpy() // TIME_UNITS[time_unit]
+    if pa.types.is_floating(col.type):
+        return np.floor(_numbers(path, name, col) / TIME_UNITS[time_unit]).astype(np.int64)
+    raise DataError(f"{path}: column {name!r}: type {col.type} is neither a number nor a timestamp")
+
+
+def _load(path: Path, cols: _Columns, threshold: float | None, time_unit: str) -> _Log:
+    table = _read(path)
+    if missing := [c for c in cols.required() if c not in table.column_names]:
+        raise DataError(f"{path}: missing column(s) {missing}; it has {table.column_names}")
+    for name in (cols.user, cols.item):
+        if n := table[name].null_count:
+            raise DataError(f"{path}: column {name!r}: {n} null ids")
+    label = _labels(path, cols.label, table[cols.label], threshold)
+    ts = _seconds(path, cols.time, table[cols.time], time_unit)
+    n_rows = table.num_rows
+
+    policy: pa.ChunkedArray | None = None
+    if cols.policy:
+        policy = _plain(table[cols.policy]).cast(pa.string())
+        if n := policy.null_count:
+            raise DataError(f"{path}: column {cols.policy!r}: {n} null values")
+    if cols.random:
+        flags = _numbers(path, cols.random, table[cols.random])
+        if n := int(np.count_nonzero((flags != 0) & (flags != 1))):
+            raise DataError(f"{path}: column {cols.random!r}: {n} values not in {{0, 1}}")
+        is_random = flags == 1
+    elif policy is not None:
+        is_random = pc.equal(policy, RANDOM_POLICY).to_numpy()
+    else:
+        is_random = np.zeros(n_rows, dtype=bool)
+    if policy is None:
+        policy = pa.chunked_array([np.where(is_random, RANDOM_POLICY, DEFAULT_POLICY)], pa.string())
+
+    if cols.propensity:
+        raw = table[cols.propensity]
+        if not _is_number(raw.type):
+            raise DataError(f"{path}: column {cols.propensity!r}: type {raw.type} is not numeric")
+        values = raw.cast(pa.float64()).to_numpy()  # nulls (unknown propensities) become NaN and are kept
+        known = ~np.asarray(pc.is_null(raw))
+        if n := int(np.count_nonzero(known & ~((values > 0) & (values <= 1)))):
+            raise DataError(f"{path}: column {cols.propensity!r}: {n} values NaN or outside (0, 1]")
+        propensity = raw.cast(pa.float32())
+    else:
+        propensity = pa.chunked_array([pa.nulls(n_rows, pa.float32())])
+
+    return _Log(
+        user=_plain(table[cols.user]),
+        item=_plain(table[cols.item]),
+        label=label,
+        ts=ts,
+        policy=policy,
+        propensity=propensity,
+        is_random=is_random,
+        categorical={c: _plain(table[c]) for c in cols.categorical},
+    )
+
+
+def _unify(a: pa.ChunkedArray, b: pa.ChunkedArray) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
+    """The same column of two files in one type: their own if equal, else strings."""
+    if a.type.equals(b.type):
+        return a, b
+    return a.cast(pa.string()), b.cast(pa.string())
+
+
+def _align_ood(main: _Log, other: _Log, main_path: Path, ood_path: Path) -> tuple[_Log, int]:
+    """Cast both logs' raw columns to common types; drop OOD rows whose user or item the main log lacks."""
+    main.user, other.user = _unify(main.user, other.user)
+    main.item, other.item = _unify(main.item, other.item)
+    for c in main.categorical:
+        main.categorical[c], other.categorical[c] = _unify(main.categorical[c], other.categorical[c])
+    seen_user = np.asarray(pc.is_in(other.user, value_set=pc.unique(main.user)))
+    keep = seen_user & np.asarray(pc.is_in(other.item, value_set=pc.unique(main.item)))
+    dropped = int(len(keep) - keep.sum())
+    if dropped == len(keep):
+        raise DataError(f"{ood_path}: none of its {dropped} rows has a user and an item seen in {main_path}")
+    if dropped:
+        logger.warning(
+            "%s: dropped %d of %d rows whose user or item is unseen in %s", ood_path, dropped, len(keep), main_path
+        )
+    return other.filter(keep), dropped
+
+
+def _concat(arrays: list[pa.ChunkedArray]) -> pa.Array:
+    return pa.chunked_array([chunk for a in arrays for chunk in a.chunks], type=arrays[0].type).combine_chunks()
+
+
+def _vocab(values: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """Distinct values, sorted (null last): index i of the vocabulary is dense id i."""
+    distinct = pc.unique(values)
+    return distinct.take(pc.sort_indices(distinct))
+
+
+def _encode(values: pa.ChunkedArray | pa.Array, vocab: pa.Array) -> np.ndarray:
+    """Dense indices of ``values``, all of which are in ``vocab``."""
+    return pc.index_in(values, value_set=vocab).to_numpy().astype(np.int64)
+
+
+def _infer_side(codes: np.ndarray, users: np.ndarray, items: np.ndarray) -> Side:
+    """``item`` if the feature is a function of the item, else ``user`` if one of the user, else ``context``."""
+    base = int(codes.max()) + 1
+    if len(np.unique(items * base + codes)) == len(np.unique(items)):
+        return "item"
+    if len(np.unique(users * base + codes)) == len(np.unique(users)):
+        return "user"
+    return "context"
+
+
+def _assign_splits(
+    path: Path, ts: np.ndarray, to_ood: np.ndarray, valid_fraction: float, test_fraction: float
+) -> np.ndarray:
+    """Index into SPLITS of each row: ``to_ood`` rows are test_ood, the others are cut by time."""
+    split = np.full(len(ts), SPLITS.index("test_ood"), dtype=np.int8)
+    logged = np.flatnonzero(~to_ood)
+    n = len(logged)
+    sizes = {"valid": round(n * valid_fraction), "test_id": round(n * test_fraction)}
+    sizes = {"train": n - sum(sizes.values()), **sizes}
+    fractions = {"train": 1.0, "valid": valid_fraction, "test_id": test_fraction}
+    if too_few := [s for s, k in sizes.items() if k == 0 and fractions[s] > 0]:
+        raise DataError(f"{path}: {n} non-random rows are too few to fill split(s) {too_few}")
+    by_time = logged[np.argsort(ts[logged], kind="stable")]
+    split[by_time] = np.repeat([SPLITS.index(s) for s in sizes], list(sizes.values()))
+    return split
+
+
+def _write_splits(
+    tmp: Path,
+    out: Path,
+    manifest: Manifest,
+    columns: dict[str, np.ndarray | pa.Array],
+    split: np.ndarray,
+    history: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    """One ``part-00000.parquet`` per (split, day) under ``tmp``, rows in time order; fills manifest splits/rows."""
+    schema = manifest.schema()
+    ts = columns[TS]
+    positives, starts, lengths = history
+
+    def table(rows: np.ndarray) -> pa.Table:
+        picked = {c: v.take(rows) if isinstance(v, pa.Array) else v[rows] for c, v in columns.items()}
+        picked[HISTORY] = gather_lists(positives, starts[rows], lengths[rows])
+        return pa.table(picked, schema=schema)
+
+    for code, split_name in enumerate(SPLITS):
+        rows = np.flatnonzero(split == code)
+        if len(rows) == 0:
+            continue
+        rows = rows[np.argsort(ts[rows], kind="stable")]
+        for part in np.split(rows, np.flatnonzero(np.diff(ts[rows] // _DAY)) + 1):
+            ds = partition_name((_EPOCH + dt.timedelta(days=int(ts[part[0]] // _DAY))).isoformat())
+            path = tmp / split_name / ds / "part-00000.parquet"
+            path.parent.mkdir(parents=True)
+            with pq.ParquetWriter(path, schema) as writer:
+                for lo in range(0, len(part), WRITE_ROWS):
+                    chunk = table(part[lo : lo + WRITE_ROWS])
+                    validate_table(chunk, manifest, str(out / path.relative_to(tmp)))
+                    writer.write_table(chunk)
+            manifest.splits.setdefault(split_name, []).append(ds)
+        manifest.rows[split_name] = len(rows)
+
+
+def import_interactions(
+    interactions: Path,
+    out: Path,
+    *,
+    user_col: str = "user_id",
+    item_col: str = "item_id",
+    label_col: str = "label",
+    time_col: str = "timestamp",
+    time_unit: str = "s",
+    policy_col: str | None = None,
+    propensity_col: str | None = None,
+    random_col: str | None = None,
+    label_threshold: float | None = None,
+    ood: Path | None = None,
+    confounder_cols: Sequence[str] = (),
+    sparse_cols: Sequence[str] = (),
+    sparse_sides: Mapping[str, Side] | None = None,
+    valid_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    history_len: int = 20,
+    name: str | None = None,
+    overwrite: bool = False,
+) -> Manifest:
+    """Import ``interactions`` (and optionally an ``ood`` log with the same columns) as a dataset at ``out``.
+
+    Labels are ``label_col >= label_threshold`` when a threshold is given, else must be 0/1. Rows flagged
+    random (``random_col`` true, or ``policy_col`` equal to ``"random"``) and all ``ood`` rows form
+    ``test_ood``; the other rows are split by time into train, valid (``valid_fraction``) and test_id
+    (``test_fraction``). ``sparse_cols`` sides come from ``sparse_sides`` or are inferred (a function
+    of the item: ``item``; of the user: ``user``; else ``context``). MovieLens is
+    ``user_col="userId", item_col="movieId", label_col="rating", label_threshold=4.0``.
+    Bad input raises :class:`DataError` naming the file, column and count, and leaves no output.
+    """
+    interactions, out = Path(interactions), Path(out)
+    categorical = (*sparse_cols, *confounder_cols)
+    reserved = {*BASE_SCHEMA.names, TRUE_CTR}
+    if clash := sorted({c for c in categorical if c in reserved or categorical.count(c) > 1}):
+        raise ConfigError(f"sparse/confounder columns {clash} clash with each other or with canonical columns")
+    if time_unit not in TIME_UNITS:
+        raise ConfigError(f"time_unit {time_unit!r}: expected one of {sorted(TIME_UNITS)}")
+    if not (0 <= valid_fraction < 1 and 0 <= test_fraction < 1 and valid_fraction + test_fraction < 1):
+        raise ConfigError("valid_fraction and test_fraction must be in [0, 1) and sum to less than 1")
+    if history_len < 0:
+        raise ConfigError(f"history_len must be >= 0, not {history_len}")
+    cols = _Columns(user_col, item_col, label_col, time_col, policy_col, propensity_col, random_col, categorical)
+
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        logs = [_load(interactions, cols, label_threshold, time_unit)]
+        dropped = 0
+        if ood is not None:
+            ood = Path(ood)
+            other, dropped = _align_ood(logs[0], _load(ood, cols, label_threshold, time_unit), interactions, ood)
+            logs.append(other)
+        vocab = {USER: _vocab(logs[0].user), ITEM: _vocab(logs[0].item)}
+        raw = {c: _concat([log.categorical[c] for log in logs]) for c in categorical}
+        vocab |= {c: _vocab(values) for c, values in raw.items()}
+        columns: dict[str, np.ndarray | pa.Array] = {
+            USER: np.concatenate([_encode(log.user, vocab[USER]) for log in logs]),
+            ITEM: np.concatenate([_encode(log.item, vocab[ITEM]) for log in logs]),
+            LABEL: np.concatenate([log.label for log in logs]),
+            TS: np.concatenate([log.ts for log in logs]),
+            POLICY: _concat([log.policy for log in logs]),
+            PROPENSITY: _concat([log.propensity for log in logs]),
+            IS_RANDOM: np.concatenate([log.is_random for log in logs]),
+            **{c: _encode(values, vocab[c]) for c, values in raw.items()},
+        }
+        user, item, ts = columns[USER], columns[ITEM], columns[TS]
+        to_ood = columns[IS_RANDOM] | (np.arange(len(ts)) >= len(logs[0].ts))  # random rows and the OOD file
+        split = _assign_splits(interactions, ts, to_ood, valid_fraction, test_fraction)
+        history = history_index(user, ts, item, columns[LABEL] == 1, history_len)
+
+        sides = dict(sparse_sides or {})
+        manifest = Manifest(
+            name=name or interactions.stem,
+            sparse=[
+                SparseFeature(USER, len(vocab[USER]), "user"),
+                SparseFeature(ITEM, len(vocab[ITEM]), "item"),
+                *(
+                    SparseFeature(c, len(vocab[c]), sides.get(c) or _infer_side(columns[c], user, item))
+                    for c in sparse_cols
+                ),
+            ],
+            confounders={c: len(vocab[c]) for c in confounder_cols},
+            history_max_len=history_len,
+            source={
+                "importer": "distrec.data.importer",
+                "interactions": str(interactions),
+                "ood": str(ood) if ood is not None else None,
+                "columns": {
+                    "user": user_col,
+                    "item": item_col,
+                    "label": label_col,
+                    "time": time_col,
+                    "policy": policy_col,
+                    "propensity": propensity_col,
+                    "random": random_col,
+                },
+                "label_threshold": label_threshold,
+                "time_unit": time_unit,
+                "ood_dropped_rows": dropped,
+                "vocab": {f: f"vocab/{f}.parquet" for f in vocab},
+            },
+        )
+        _write_splits(tmp, out, manifest, columns, split, history)
+        (tmp / "vocab").mkdir()
+        for feature, values in vocab.items():
+            vocab_table = pa.table({"raw": values, "index": np.arange(len(values), dtype=np.int64)})
+            pq.write_table(vocab_table, tmp / "vocab" / f"{feature}.parquet")
+        manifest.write(tmp)
+    return manifest

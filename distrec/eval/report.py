@@ -1,0 +1,211 @@
+"""The evaluation report of a run: ``report.json`` (a contract other tools read), ``report.md`` and plots.
+
+``report.json``::
+
+    {"run": {"config": ..., "dataset": ..., "rows": ..., "seconds": ...},
+     "models": {NAME: {"test_id": {"auc", "gauc", "logloss", "ndcg@10", "recall@10", ..., "groups": {...}},
+                       "test_ood": {...},
+                       "groups": {GROUP: {"auc", ...}}}},          # the per-group metrics of test_id
+     "heterogeneity": {NAME: {"head_tail_gap": {METRIC: x}, "spread": {METRIC: x}}}}
+
+Key names are part of the contract: add keys, never rename them. NaN is written as ``null``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from distrec.data.schema import SPLITS
+from distrec.io import atomic_write_bytes, atomic_write_text
+
+METRICS = ("auc", "gauc", "logloss", "ndcg@10", "recall@10")
+ID_OOD = ("test_id", "test_ood")
+
+
+def heterogeneity(model_metrics: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """Head-tail gap (most minus least active group) and spread (std over groups) of each metric.
+
+    ``model_metrics`` is one model's entry of the report (its ``"groups"`` are used) or a groups dict
+    itself, ordered from the least to the most active group. The spread is the population std over
+    the groups where the metric is defined (NaN with fewer than two); the gap is NaN when either end is.
+    """
+    groups = model_metrics.get("groups", model_metrics)
+    names = list(groups)
+    out: dict[str, dict[str, float]] = {"head_tail_gap": {}, "spread": {}}
+    if not names:
+        return out
+    for metric in METRICS:
+        values = np.array([_number(groups[g].get(metric)) for g in names], dtype=np.float64)
+        defined = values[np.isfinite(values)]
+        out["head_tail_gap"][metric] = float(values[-1] - values[0])
+        out["spread"][metric] = float(defined.std()) if defined.size >= 2 else math.nan
+    return out
+
+
+def build_report(run: Mapping[str, Any], models: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The report dict from ``models[NAME][split]`` = :func:`distrec.eval.metrics.evaluate` output.
+
+    Adds each model's top-level ``"groups"`` (those of test_id) and the heterogeneity section.
+    """
+    entries: dict[str, dict[str, Any]] = {}
+    for name, splits in models.items():
+        entries[name] = dict(splits)
+        entries[name]["groups"] = dict(splits.get("test_id", {}).get("groups", {}))
+    return {
+        "run": dict(run),
+        "models": entries,
+        "heterogeneity": {name: heterogeneity(entry) for name, entry in entries.items()},
+    }
+
+
+def write_report(run_dir: Path, report: Mapping[str, Any]) -> None:
+    """Write ``report.json``, ``report.md`` and the PNG plots into ``run_dir``, each atomically."""
+    for key in ("run", "models", "heterogeneity"):
+        if key not in report:
+            raise ValueError(f"report has no {key!r} section; build it with build_report()")
+    run_dir = Path(run_dir)
+    data = _jsonable(report)
+    atomic_write_text(run_dir / "report.json", json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+    models: dict[str, dict[str, Any]] = data["models"]
+    plots: list[tuple[str, str]] = []
+    for split in _splits(models):
+        if _group_names(models, split):
+            plots.append((f"groups_{split}.png", f"AUC per activity group, {split}"))
+            atomic_write_bytes(run_dir / plots[-1][0], _groups_plot(models, split))
+    if any(s in models[m] for m in models for s in ID_OOD):
+        plots.append(("id_vs_ood.png", "AUC, in-distribution vs out-of-distribution test"))
+        atomic_write_bytes(run_dir / plots[-1][0], _id_vs_ood_plot(models))
+    atomic_write_text(run_dir / "report.md", _markdown(data, plots))
+
+
+def _number(x: Any) -> float:
+    return math.nan if x is None else float(x)
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON values: numpy scalars and arrays unwrapped, non-finite floats to None, paths to str."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | np.ndarray):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _splits(models: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Split names found in any model, canonical ones first."""
+    found = {s for entry in models.values() for s, v in entry.items() if s != "groups" and isinstance(v, Mapping)}
+    return [s for s in SPLITS if s in found] + sorted(found - set(SPLITS))
+
+
+def _group_names(models: Mapping[str, Mapping[str, Any]], split: str) -> list[str]:
+    names: dict[str, None] = {}
+    for entry in models.values():
+        names.update(dict.fromkeys(entry.get(split, {}).get("groups", {})))
+    return list(names)
+
+
+def _fmt(x: Any) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    if isinstance(x, float):
+        return f"{x:.4f}"
+    return str(x)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def _markdown(report: Mapping[str, Any], plots: list[tuple[str, str]]) -> str:
+    run, models = report["run"], report["models"]
+    lines = ["# Evaluation report", "", "## Run", ""]
+    for key in ("dataset", "rows", "seconds"):
+        lines.append(f"- **{key}**: {_fmt(run.get(key))}")
+    config = run.get("config")
+    if isinstance(config, Mapping):
+        lines += ["- **config**:", "", "```json", json.dumps(config, indent=2), "```"]
+    else:
+        lines.append(f"- **config**: {_fmt(config)}")
+    lines += [
+        "",
+        "Groups q1..q5 are quintiles of users by training interactions (q1 least active, q5 = head).",
+        "NDCG and Recall rank each user's logged candidates, not the full catalogue.",
+        "",
+    ]
+    for split in _splits(models):
+        lines += [f"## {split}", ""]
+        rows = [[m, *(models[m].get(split, {}).get(k) for k in (*METRICS, "rows"))] for m in models]
+        lines += _table(["model", *METRICS, "rows"], rows)
+    for split in _splits(models):
+        groups = _group_names(models, split)
+        if groups:
+            lines += [f"## AUC per activity group, {split}", ""]
+            rows = [
+                [m, *(models[m].get(split, {}).get("groups", {}).get(g, {}).get("auc") for g in groups)] for m in models
+            ]
+            lines += _table(["model", *groups], rows)
+    het = report["heterogeneity"]
+    for section, title in (("head_tail_gap", "head - tail gap (q5 - q1)"), ("spread", "spread (std over groups)")):
+        lines += [f"## Heterogeneity on test_id: {title}", ""]
+        lines += _table(["model", *METRICS], [[m, *(het[m].get(section, {}).get(k) for k in METRICS)] for m in het])
+    if plots:
+        lines += ["## Plots", ""]
+        lines += [f"![{caption}]({name})\n" for name, caption in plots]
+    return "\n".join(lines)
+
+
+def _bars(title: str, categories: list[str], series: Mapping[str, list[float]]) -> bytes:
+    """A PNG of grouped bars: one cluster per category, one bar per series, y zoomed on the values."""
+    fig = Figure(figsize=(max(6.0, 1.2 * len(categories) * max(1, len(series)) ** 0.5), 4.0))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    x = np.arange(len(categories))
+    width = 0.8 / max(1, len(series))
+    for i, (name, values) in enumerate(series.items()):
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name)
+    finite = np.array([v for values in series.values() for v in values], dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if finite.size:
+        ax.set_ylim(max(0.0, finite.min() - 0.02), min(1.0, finite.max() + 0.02))
+    ax.set_xticks(x, categories)
+    ax.set_ylabel("AUC")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    if series:
+        ax.legend(fontsize="small")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _auc(entry: Mapping[str, Any] | None) -> float:
+    return _number((entry or {}).get("auc"))
+
+
+def _groups_plot(models: Mapping[str, Mapping[str, Any]], split: str) -> bytes:
+    groups = _group_names(models, split)
+    series = {m: [_auc(models[m].get(split, {}).get("groups", {}).get(g)) for g in groups] for m in models}
+    return _bars(f"AUC per activity group, {split}", groups, series)
+
+
+def _id_vs_ood_plot(models: Mapping[str, Mapping[str, Any]]) -> bytes:
+    series = {s: [_auc(models[m].get(s)) for m in models] for s in ID_OOD}
+    return _bars("AUC, test_id vs test_ood", list(models), series)

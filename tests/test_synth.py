@@ -1,0 +1,159 @@
+"""The synthetic SCM writes valid, deterministic, chunking-independent and genuinely confounded logs."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from distrec.data.schema import SPLITS, Manifest
+from distrec.data.synth import synthesize
+from distrec.data.validate import read_parquet_checked
+from distrec.errors import ConfigError
+
+ROWS = 60_000
+ITEMS = 300
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Rank-based ROC AUC (Mann-Whitney U) with tied scores given their average rank."""
+    positive = labels > 0.5
+    order = np.argsort(scores, kind="stable")
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    _, tie_group, tie_count = np.unique(scores, return_inverse=True, return_counts=True)
+    ranks = (np.bincount(tie_group, weights=ranks) / tie_count)[tie_group]
+    n_pos = positive.sum()
+    n_neg = len(labels) - n_pos
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def test_auc_helper() -> None:
+    assert auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4])) == 1.0
+    assert auc(np.array([1, 0, 1, 0]), np.array([0.1, 0.2, 0.3, 0.4])) == 0.25
+    assert auc(np.array([0, 1, 0, 1]), np.array([1.0, 1.0, 1.0, 1.0])) == 0.5
+
+
+def read_split(root: Path, manifest: Manifest, split: str) -> pa.Table:
+    return pa.concat_tables([read_parquet_checked(f, manifest) for f in manifest.files(root, split)])
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Manifest, dict[str, pa.Table]]:
+    root = tmp_path_factory.mktemp("synth") / "data"
+    manifest = synthesize(root, ROWS, users=800, items=ITEMS, seed=3, chunk_rows=7_000)
+    return root, manifest, {split: read_split(root, manifest, split) for split in SPLITS}
+
+
+def test_layout_and_manifest(dataset: tuple[Path, Manifest, dict[str, pa.Table]]) -> None:
+    root, manifest, tables = dataset
+    assert Manifest.read(root).to_json() == manifest.to_json()
+    assert sorted(p.name for p in root.iterdir()) == sorted([*SPLITS, "manifest.json", "scm"])
+    assert manifest.splits == {
+        "train": [f"ds=2026-01-0{d}" for d in range(1, 6)],
+        "valid": ["ds=2026-01-06"],
+        "test_id": ["ds=2026-01-07"],
+        "test_ood": ["ds=2026-01-07"],
+    }
+    assert manifest.rows == {"train": 42_000, "valid": 6_000, "test_id": 6_000, "test_ood": 6_000}
+    assert {s: t.num_rows for s, t in tables.items()} == manifest.rows
+    assert manifest.has_true_ctr and manifest.history_max_len == 20
+    assert manifest.cardinality == {"user_id": 800, "item_id": ITEMS, "item_tag": 16}
+    assert manifest.confounders == {"conf_mood": 8, "conf_policy": 3}
+    assert manifest.source["seed"] == 3 and manifest.source["scm"]["confounding"] == 2.0
+    for split in SPLITS:
+        for path in manifest.files(root, split):
+            assert pq.read_schema(path).remove_metadata().equals(manifest.schema()), path
+            ts = pq.read_table(path, columns=["ts"])["ts"].to_numpy()
+            day = (dt.date.fromisoformat(path.parent.name.removeprefix("ds=")) - dt.date(1970, 1, 1)).days
+            assert np.all(np.diff(ts) >= 0) and np.all(ts // 86_400 == day), path
+
+
+def test_policies_propensities_and_ctr(dataset: tuple[Path, Manifest, dict[str, pa.Table]]) -> None:
+    _, _, tables = dataset
+    train = tables["train"]
+    is_random = train["is_random"].to_numpy()
+    assert 0.04 < is_random.mean() < 0.06
+    policy = np.array(train["policy"].to_pylist())
+    assert set(policy[is_random]) == {"random"} and set(policy[~is_random]) == {"policy_ts"}
+    assert np.allclose(train["propensity"].to_numpy()[is_random], 1 / ITEMS)
+    assert np.array_equal(train["conf_policy"].to_numpy(), np.where(is_random, 1, 0))
+    assert set(tables["test_ood"]["policy"].to_pylist()) == {"policy_flipped"}
+    assert set(tables["test_ood"]["conf_policy"].to_pylist()) == {2}
+    for split, table in tables.items():
+        label, ctr = table["label"].to_numpy(), table["true_ctr"].to_numpy()
+        assert 0.2 < label.mean() < 0.35, split
+        assert abs(label.mean() - ctr.mean()) < 0.015, split
+        assert auc(label, ctr) > 0.75, split  # the ground truth is informative
+        mood = np.bincount(table["conf_mood"].to_numpy(), minlength=8) / table.num_rows
+        assert mood.min() > 0.07 and mood.max() < 0.18, split
+
+
+def tag_sign(table: pa.Table) -> np.ndarray:
+    return np.where(table["item_tag"].to_numpy() % 2 == 0, 1.0, -1.0)
+
+
+def test_logs_are_confounded(dataset: tuple[Path, Manifest, dict[str, pa.Table]]) -> None:
+    _, _, tables = dataset
+    train = tables["train"].filter(pc.invert(tables["train"]["is_random"]))
+    # the tag has no causal effect, yet correlates with clicks with a sign set by the logging policy
+    corr = {s: np.corrcoef(tag_sign(t), t["label"].to_numpy())[0, 1] for s, t in tables.items()}
+    corr["train_policy"] = np.corrcoef(tag_sign(train), train["label"].to_numpy())[0, 1]
+    assert corr["train_policy"] > 0.1 and corr["test_id"] > 0.1, corr
+    assert corr["test_ood"] < -0.1, corr
+    # the observed mood proxy reveals the confounder that drives exposure
+    assert np.corrcoef(tag_sign(train), train["conf_mood"].to_numpy())[0, 1] > 0.4
+
+    # a naive per-item click-rate model learns the spurious association and breaks under the flipped policy
+    items, labels = train["item_id"].to_numpy(), train["label"].to_numpy()
+    rate = (np.bincount(items, labels, minlength=ITEMS) + 1) / (np.bincount(items, minlength=ITEMS) + 4)
+    score = {s: auc(tables[s]["label"].to_numpy(), rate[tables[s]["item_id"].to_numpy()]) for s in SPLITS[1:]}
+    assert score["test_id"] > 0.6 and abs(score["valid"] - score["test_id"]) < 0.03, score
+    assert score["test_id"] - score["test_ood"] > 0.1, score
+
+
+def test_histories_carry_the_user_confounder(dataset: tuple[Path, Manifest, dict[str, pa.Table]]) -> None:
+    root, manifest, tables = dataset
+    users = pq.read_table(root / "scm" / "users.parquet")
+    items = pq.read_table(root / "scm" / "items.parquet")
+    sign = items["sign"].to_numpy()
+    table = tables["train"]
+    history_of: dict[int, list[int]] = {}
+    for user, history in zip(table["user_id"].to_pylist(), table["hist_item_ids"].to_pylist(), strict=True):
+        assert history_of.setdefault(user, history) == history  # one fixed history per user
+    lengths = np.array([len(h) for h in history_of.values()])
+    assert lengths.max() == manifest.history_max_len and lengths.mean() > 15
+    user_ids = np.array(list(history_of))
+    plus_share = np.array([np.mean(sign[h] > 0) if h else 0.5 for h in history_of.values()])
+    assert np.corrcoef(users["a"].to_numpy()[user_ids], plus_share)[0, 1] > 0.6
+
+
+def test_deterministic_given_seed(tmp_path: Path) -> None:
+    def generate(name: str, seed: int, **kwargs: int) -> dict[str, pa.Table]:
+        manifest = synthesize(tmp_path / name, 4_000, users=100, items=50, seed=seed, **kwargs)
+        return {s: read_split(tmp_path / name, manifest, s) for s in SPLITS}
+
+    one_chunk, again, other = generate("a", 7), generate("b", 7), generate("c", 8)
+    chunked = generate("chunked", 7, chunk_rows=333)
+    many_files = generate("many_files", 7, chunk_rows=100, rows_per_file=200)
+    assert len(list((tmp_path / "many_files" / "train" / "ds=2026-01-01").glob("*.parquet"))) == 3
+    for split in SPLITS:
+        assert one_chunk[split].equals(again[split]), split
+        assert not one_chunk[split].equals(other[split]), split
+        assert one_chunk[split].equals(chunked[split]), split
+        assert one_chunk[split].equals(many_files[split]), split
+
+
+def test_refuses_to_overwrite_or_to_leave_partitions_empty(tmp_path: Path) -> None:
+    synthesize(tmp_path / "d", 1_000, users=10, items=10)
+    with pytest.raises(ConfigError):
+        synthesize(tmp_path / "d", 1_000, users=10, items=10)
+    synthesize(tmp_path / "d", 1_000, users=10, items=10, overwrite=True)
+    with pytest.raises(ConfigError, match="too few"):
+        synthesize(tmp_path / "small", 9)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
