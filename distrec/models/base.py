@@ -94,6 +94,11 @@ class FeatureEncoder(nn.Module):
         return Encoded(direct, mediator, item)
 
 
+def embedding_modules(model: nn.Module) -> list[EmbeddingBagCollection]:
+    """The TorchRec embedding modules of a model: what gets sharded and fused-optimised."""
+    return [m for m in model.modules() if isinstance(m, EmbeddingBagCollection)]
+
+
 def broadcast_cat(*parts: torch.Tensor) -> torch.Tensor:
     """Concatenate along the last dim after broadcasting the leading dims."""
     return torch.cat(torch.broadcast_tensors(*parts), dim=-1)

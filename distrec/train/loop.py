@@ -77,6 +77,7 @@ def train_worker(task: WorkerTask) -> None:
     from torchrec.optim.optimizers import in_backward_optimizer_filter
 
     from distrec.models.architectures import build_model
+    from distrec.models.base import embedding_modules
     from distrec.train.export import gather_state_dict, write_export
     from distrec.train.feed import arrow_batches, lockstep, to_batches
     from distrec.train.objective import Objective
@@ -92,7 +93,7 @@ def train_worker(task: WorkerTask) -> None:
     spec = task.model
     model = build_model(spec.arch, spec.name, manifest, spec.dim, list(spec.hidden), torch.device("meta"))
     objective = Objective(model, task.distill, task.crl, list(manifest.confounders.values()))
-    tables = [p for m in model.modules() if type(m).__name__ == "EmbeddingBagCollection" for p in m.parameters()]
+    tables = [p for m in embedding_modules(model) for p in m.parameters()]
     apply_optimizer_in_backward(_sparse_optimizer(task.train.sparse_optimizer), tables, {"lr": task.train.sparse_lr})
 
     planner = make_planner(objective, world, task.train.device, task.train.sharding_types, task.train.batch_size)

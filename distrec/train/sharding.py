@@ -13,9 +13,9 @@ from torch import nn
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
 from torchrec.distributed.types import ShardingPlan
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from distrec.errors import ConfigError
+from distrec.models.base import embedding_modules
 
 CPU_SHARDING_TYPES = ("data_parallel", "table_wise", "column_wise", "table_column_wise")
 GPU_SHARDING_TYPES = (*CPU_SHARDING_TYPES, "row_wise", "table_row_wise")
@@ -47,7 +47,7 @@ def allowed_sharding_types(device_type: str, requested: Sequence[str]) -> list[s
 
 
 def embedding_configs(model: nn.Module) -> list[EmbeddingBagConfig]:
-    return [cfg for m in model.modules() if isinstance(m, EmbeddingBagCollection) for cfg in m.embedding_bag_configs()]
+    return [cfg for m in embedding_modules(model) for cfg in m.embedding_bag_configs()]
 
 
 def make_planner(
