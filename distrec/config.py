@@ -60,6 +60,8 @@ class TrainConfig:
     sharding_types: list[str] = field(default_factory=list)
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: at epoch ends only)
+    max_failures: int = 1  # worker-group restarts Ray Train allows, each resuming from the last checkpoint
 
 
 @dataclass
@@ -67,11 +69,13 @@ class DistillConfig:
     """CausalD: distil the teachers' front-door estimate into the student."""
 
     weight: float = 1.0  # lambda
-    loss: str = "bce"  # bce | kl
+    loss: str = "bce"  # bce | kl (bce takes no temperature: use kl for tau != 1)
     temperature: float = 1.0
     target: str = "front_door"  # front_door | conditional (plain multi-teacher KD, the ablation)
     bank_size: int = 64  # N histories x' for the front-door marginalisation
     score_batch_size: int = 1024
+    schedule: str = "constant"  # constant | linear_warmup (lambda ramps from 0 over warmup_steps)
+    warmup_steps: int = 0  # training steps of the linear_warmup ramp
 
 
 @dataclass
@@ -83,6 +87,8 @@ class CRLConfig:
     conditional: bool = False  # I(Z; C | Y) instead of I(Z; C)
     critic_hidden: int = 32
     critic_lr: float = 3e-3
+    critic_steps: int = 1  # critic updates (on Z.detach(), own Adam) per training step, before the penalty
+    warmup_steps: int = 0  # beta ramps linearly from 0 over this many training steps; 0: no ramp
 
 
 @dataclass
@@ -132,7 +138,52 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     except OmegaConfBaseException as exc:
         raise ConfigError(f"invalid configuration: {exc}") from exc
     assert isinstance(config, Config)
+    check_causal(config.distill, config.crl)
     return config
+
+
+DISTILL_LOSSES = ("bce", "kl")
+DISTILL_TARGETS = ("front_door", "conditional")
+DISTILL_SCHEDULES = ("constant", "linear_warmup")
+MI_ESTIMATORS = ("nce_club", "club")
+
+
+def check_causal(distill: DistillConfig, crl: CRLConfig) -> None:
+    """Values the types alone do not rule out, in the ``distill`` and ``crl`` sections: ConfigError."""
+    errors = []
+
+    def choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+        if value not in allowed:
+            errors.append(f"{key} must be one of {list(allowed)}, got {value!r}")
+
+    def at_least(key: str, value: float, low: float, strict: bool = False) -> None:
+        if not (value > low if strict else value >= low):  # also rejects NaN
+            errors.append(f"{key} must be {'>' if strict else '>='} {low:g}, got {value}")
+
+    choice("distill.loss", distill.loss, DISTILL_LOSSES)
+    choice("distill.target", distill.target, DISTILL_TARGETS)
+    choice("distill.schedule", distill.schedule, DISTILL_SCHEDULES)
+    at_least("distill.weight", distill.weight, 0.0)
+    at_least("distill.temperature", distill.temperature, 0.0, strict=True)
+    at_least("distill.bank_size", distill.bank_size, 1)
+    at_least("distill.score_batch_size", distill.score_batch_size, 1)
+    at_least("distill.warmup_steps", distill.warmup_steps, 0)
+    if distill.loss == "bce" and distill.temperature != 1.0:
+        errors.append(
+            f"distill.temperature={distill.temperature} needs distill.loss=kl: the bce loss has no temperature"
+        )
+    if distill.schedule == "linear_warmup" and distill.warmup_steps < 1:
+        errors.append("distill.schedule=linear_warmup needs distill.warmup_steps >= 1")
+    if distill.schedule == "constant" and distill.warmup_steps != 0:
+        errors.append(f"distill.warmup_steps={distill.warmup_steps} needs distill.schedule=linear_warmup")
+    choice("crl.estimator", crl.estimator, MI_ESTIMATORS)
+    at_least("crl.beta", crl.beta, 0.0)
+    at_least("crl.critic_hidden", crl.critic_hidden, 1)
+    at_least("crl.critic_lr", crl.critic_lr, 0.0, strict=True)
+    at_least("crl.critic_steps", crl.critic_steps, 1)
+    at_least("crl.warmup_steps", crl.warmup_steps, 0)
+    if errors:
+        raise ConfigError("invalid configuration: " + "; ".join(errors))
 
 
 def to_dict(config: Config) -> dict[str, Any]:

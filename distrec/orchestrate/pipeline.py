@@ -124,15 +124,12 @@ def run(config: Config) -> Path:
 
     with ray_session(config.ray):
 
-        def logs() -> ray.data.Dataset:
-            return ray.data.read_parquet(train_files, columns=columns)
-
         def task(model_config: ModelConfig, seed: int, **extra: Any) -> WorkerTask:
-            return WorkerTask(model=model_config, train=config.train, dataset=dataset, shards=[], seed=seed, **extra)
+            return WorkerTask(model=model_config, train=config.train, dataset=dataset, seed=seed, **extra)
 
         log.info("training %d teachers and the base model concurrently", len(config.teachers))
-        jobs = [(task(t, config.seed + i), logs()) for i, t in enumerate(config.teachers)]
-        jobs.append((task(replace(config.student, name="base"), config.seed), logs()))
+        jobs = [(task(t, config.seed + i), None) for i, t in enumerate(config.teachers)]
+        jobs.append((task(replace(config.student, name="base"), config.seed), None))
         trained = fit_concurrently(jobs, storage)
 
         bank = write_history_bank(

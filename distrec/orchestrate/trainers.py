@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
-from ray.train import Checkpoint, RunConfig, ScalingConfig
+from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from distrec.train.loop import WorkerTask
@@ -31,10 +31,11 @@ def _worker_entry(config: dict[str, Any]) -> None:
 
 
 def fit(task: WorkerTask, storage_path: str, dataset: ray.data.Dataset | None = None) -> TrainedModel:
-    """Train ``task.model`` with a fresh TorchTrainer; ``dataset`` replaces the task's shards if given.
+    """Train ``task.model`` with a fresh TorchTrainer.
 
-    The dataset is split with ``streaming_split(equal=False)`` so no row is dropped; the loop keeps
-    ranks in lockstep with padding batches instead (``distrec.train.feed``).
+    Without ``dataset`` every worker reads its own share of the training files. A ``dataset`` (the
+    soft-label stream) is split with ``streaming_split(equal=False)`` so no row is dropped; the loop
+    keeps ranks in lockstep with padding batches instead (``distrec.train.feed``).
     """
     train = task.train
     if dataset is not None:
@@ -48,7 +49,11 @@ def fit(task: WorkerTask, storage_path: str, dataset: ray.data.Dataset | None = 
         train_loop_config={"task": task},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=use_gpu, resources_per_worker=resources),
-        run_config=RunConfig(name=task.model.name, storage_path=storage_path),
+        run_config=RunConfig(
+            name=task.model.name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=train.max_failures),
+        ),
     )
     result = trainer.fit()
     if result.checkpoint is None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,8 @@ import torch.distributed as dist
 from distrec.config import CRLConfig, DistillConfig, ModelConfig, TrainConfig
 from distrec.data.batch import Batch, BatchBuilder
 from distrec.data.schema import Manifest
+from distrec.train.export import gather_state_dict, write_export
+from distrec.train.sharding import describe_plan
 
 
 @dataclass
@@ -31,11 +32,13 @@ class WorkerTask:
     model: ModelConfig
     train: TrainConfig
     dataset: str  # dataset root (manifest)
-    shards: list[Any]  # one Ray DataIterator per rank, from Dataset.streaming_split(equal=False)
     seed: int = 0
     soft_label_columns: list[str] = field(default_factory=list)
     distill: DistillConfig | None = None
     crl: CRLConfig | None = None
+    # One Ray DataIterator per rank (the soft-label stream, split with equal=False); None: each rank
+    # reads its own share of the training files (ShardReader), which can resume mid-epoch.
+    shards: list[Any] | None = None
 
 
 def _sparse_optimizer(name: str) -> type[torch.optim.Optimizer]:
@@ -60,17 +63,9 @@ def _template_batch(manifest: Manifest, root: str, builder: BatchBuilder) -> Bat
     return builder(table)
 
 
-def _count_rows(batches: Iterator[Batch], totals: torch.Tensor) -> Iterator[Batch]:
-    for batch in batches:
-        totals[2] += batch.size
-        yield batch
-
-
-def train_worker(task: WorkerTask) -> None:
-    """Body of ``train_loop_per_worker``: train one model on this rank's shard and export it."""
-    import ray.train
+def _build(task: WorkerTask, manifest: Manifest, world: int, device: torch.device) -> tuple[Any, Any, Any, Any]:
+    """Meta-device model -> fused sparse optimizer -> collective plan -> DMP -> combined optimizer."""
     from torchrec.distributed.model_parallel import DistributedModelParallel, get_default_sharders
-    from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
     from torchrec.distributed.types import ShardingEnv
     from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
     from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
@@ -78,77 +73,127 @@ def train_worker(task: WorkerTask) -> None:
 
     from distrec.models.architectures import build_model
     from distrec.models.base import embedding_modules
-    from distrec.train.export import gather_state_dict, write_export
-    from distrec.train.feed import arrow_batches, lockstep, to_batches
     from distrec.train.objective import Objective
-    from distrec.train.sharding import describe_plan, device_for, make_planner
+    from distrec.train.sharding import make_planner
+
+    spec, train = task.model, task.train
+    model = build_model(spec.arch, spec.name, manifest, spec.dim, list(spec.hidden), torch.device("meta"))
+    objective = Objective(model, task.distill, task.crl, list(manifest.confounders.values()))
+    tables = [p for m in embedding_modules(model) for p in m.parameters()]
+    apply_optimizer_in_backward(_sparse_optimizer(train.sparse_optimizer), tables, {"lr": train.sparse_lr})
+
+    planner = make_planner(objective, world, train.device, train.sharding_types, train.batch_size)
+    plan = planner.collective_plan(objective, get_default_sharders(), dist.GroupMember.WORLD)
+    dmp = DistributedModelParallel(
+        objective, env=ShardingEnv.from_process_group(dist.GroupMember.WORLD), device=device, plan=plan
+    )
+    dense = dict(in_backward_optimizer_filter(dmp.named_parameters()))
+    critic = {k: v for k, v in dense.items() if ".critic." in k}
+    groups = [
+        KeyedOptimizerWrapper(
+            {k: v for k, v in dense.items() if k not in critic}, lambda ps: torch.optim.Adam(ps, lr=train.dense_lr)
+        )
+    ]
+    if critic:
+        lr = task.crl.critic_lr if task.crl is not None else train.dense_lr
+        groups.append(KeyedOptimizerWrapper(critic, lambda ps: torch.optim.Adam(ps, lr=lr)))
+    return dmp, CombinedOptimizer([dmp.fused_optimizer, *groups]), plan, spec
+
+
+def train_worker(task: WorkerTask) -> None:
+    """Body of ``train_loop_per_worker``: train one model on this rank's share, checkpoint, export.
+
+    Progress is ``[epoch, batches done in the epoch, rows trained]`` per rank. Reading the files
+    directly (``ShardReader``) resumes mid-epoch at the exact batch; the soft-label stream is a
+    dynamic split, so a student checkpoints and resumes at epoch boundaries.
+    """
+    import ray.train
+    from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+
+    from distrec.data.reader import ShardReader
+    from distrec.train import checkpoint
+    from distrec.train.feed import arrow_batches, lockstep, to_batches
+    from distrec.train.sharding import device_for
 
     torch.set_num_threads(1)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = device_for(task.train.device, context.get_local_rank())
     torch.manual_seed(task.seed)
-
     manifest = Manifest.read(task.dataset)
-    spec = task.model
-    model = build_model(spec.arch, spec.name, manifest, spec.dim, list(spec.hidden), torch.device("meta"))
-    objective = Objective(model, task.distill, task.crl, list(manifest.confounders.values()))
-    tables = [p for m in embedding_modules(model) for p in m.parameters()]
-    apply_optimizer_in_backward(_sparse_optimizer(task.train.sparse_optimizer), tables, {"lr": task.train.sparse_lr})
-
-    planner = make_planner(objective, world, task.train.device, task.train.sharding_types, task.train.batch_size)
-    plan = planner.collective_plan(objective, get_default_sharders(), dist.GroupMember.WORLD)
-    dmp = DistributedModelParallel(
-        objective, env=ShardingEnv.from_process_group(dist.GroupMember.WORLD), device=device, plan=plan
-    )
-    dense = dict(in_backward_optimizer_filter(dmp.named_parameters()))
-    critic = {k: v for k, v in dense.items() if ".critic." in k or k.startswith("critic.")}
-    groups = [
-        KeyedOptimizerWrapper(
-            {k: v for k, v in dense.items() if k not in critic},
-            lambda ps: torch.optim.Adam(ps, lr=task.train.dense_lr),
-        )
-    ]
-    if critic:
-        lr = task.crl.critic_lr if task.crl is not None else task.train.dense_lr
-        groups.append(KeyedOptimizerWrapper(critic, lambda ps: torch.optim.Adam(ps, lr=lr)))
-    optimizer = CombinedOptimizer([dmp.fused_optimizer, *groups])
+    dmp, optimizer, plan, spec = _build(task, manifest, world, device)
     pipeline = TrainPipelineSparseDist(dmp, optimizer, device, execute_all_batches=True)
+    control = dist.new_group(backend="gloo")  # CPU side channel (lockstep flags, DCP), also under nccl
 
     builder = BatchBuilder(manifest, task.soft_label_columns)
-    control = dist.new_group(backend="gloo")  # CPU side channel for the lockstep flag, also under nccl
     template = _template_batch(manifest, task.dataset, builder)
-    shard = task.shards[rank]
+    files = [str(f) for f in manifest.files(task.dataset, "train")]
+    reader = ShardReader(files, builder.columns, rank, world, task.train.batch_size) if task.shards is None else None
+    every = task.train.checkpoint_every if reader is not None else 0
+
+    progress = torch.zeros(3, dtype=torch.int64)
+    resumed = ray.train.get_checkpoint()
+    if resumed is not None:
+        with resumed.as_directory() as directory:
+            progress = checkpoint.load(dmp, optimizer, Path(directory) / "dcp", control)
+
+    def save(metrics: dict[str, Any], name: str, final: bool) -> None:
+        """Every rank writes its DCP shards; rank 0 adds the unsharded export to the final one."""
+        state = gather_state_dict(dmp, prefix="model.") if final else None
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint.save(dmp, optimizer, progress, Path(tmp) / "dcp", control)
+            if state is not None:
+                export_spec = {"name": spec.name, "arch": spec.arch, "dim": spec.dim, "hidden": list(spec.hidden)}
+                write_export(Path(tmp), export_spec, manifest, state)
+                metrics["plan"] = describe_plan(plan)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
+
     started = time.perf_counter()
-    totals = torch.zeros(3, dtype=torch.float64)  # weighted loss sum, weight sum, rows trained
-    for epoch in range(task.train.epochs):
+    totals = torch.zeros(3, dtype=torch.float64)  # weighted loss sum, weight sum, rows trained this run
+    for epoch in range(int(progress[0]), task.train.epochs):
+        step = int(progress[1])
         seed = task.seed * 1_000_003 + epoch * 1_009 + rank if spec.bootstrap else None
-        local = to_batches(arrow_batches(shard, task.train.batch_size), builder, seed)
-        batches = lockstep(_count_rows(local, totals), template, control)
+        tables = (
+            reader.batches(skip_batches=step)
+            if reader is not None
+            else arrow_batches(task.shards[rank], task.train.batch_size)
+        )
+        batches = lockstep(to_batches(tables, builder, seed), template, control)
         while True:
             try:
                 out = pipeline.progress(batches)
             except StopIteration:
                 break
             live = out.weights.sum().item()
-            totals[0] += out.loss.item() * live
-            totals[1] += live
-        dist.all_reduce(totals, group=control)
-        metrics = {
-            "epoch": epoch,
-            "train_loss": totals[0].item() / max(totals[1].item(), 1e-12),
-            "rows": int(totals[2].item()),
-            "seconds": time.perf_counter() - started,
-        }
+            rows = out.labels.numel() if live > 0 else 0  # padding batches carry weight 0
+            totals += torch.tensor([out.loss.item() * live, live, rows], dtype=torch.float64)
+            step += 1
+            progress[:] = torch.tensor([epoch, step, int(progress[2]) + rows])
+            if every and step % every == 0:
+                save(
+                    _metrics(totals, epoch, step, started, control, progress),
+                    f"epoch{epoch:03d}-step{step:07d}",
+                    final=False,
+                )
+        progress[:] = torch.tensor([epoch + 1, 0, int(progress[2])])
         final = epoch == task.train.epochs - 1
-        state = gather_state_dict(dmp, prefix="model.") if final else None
-        if final and rank == 0:
-            assert state is not None
-            metrics["plan"] = describe_plan(plan)
-            export_spec = {"name": spec.name, "arch": spec.arch, "dim": spec.dim, "hidden": list(spec.hidden)}
-            with tempfile.TemporaryDirectory() as tmp:
-                write_export(Path(tmp), export_spec, manifest, state)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(metrics)
+        save(_metrics(totals, epoch, step, started, control, progress), f"epoch{epoch:03d}-end", final=final)
         totals.zero_()
+
+
+def _metrics(
+    totals: torch.Tensor, epoch: int, step: int, started: float, group: dist.ProcessGroup, progress: torch.Tensor
+) -> dict[str, Any]:
+    """Loss since the last report, rows trained so far (all ranks, across restarts)."""
+    summed = totals.clone()
+    dist.all_reduce(summed, group=group)
+    rows = progress[2:3].to(torch.float64)
+    dist.all_reduce(rows, group=group)
+    return {
+        "epoch": epoch,
+        "step": step,
+        "train_loss": summed[0].item() / max(summed[1].item(), 1e-12),
+        "rows": int(rows.item()),
+        "rows_this_run": int(summed[2].item()),
+        "seconds": time.perf_counter() - started,
+    }
