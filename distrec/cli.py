@@ -1,4 +1,4 @@
-"""The ``distrec`` command: data, run, submit.
+"""The ``distrec`` command: data, run, plan, submit.
 
 Exit codes: 0 success, 1 other failure, 2 bad data, 3 bad configuration, 4 bad checkpoint.
 """
@@ -31,28 +31,27 @@ def _data_synth(args: argparse.Namespace) -> None:
     print(f"{args.out}: {sum(manifest.rows.values())} rows {manifest.rows}")
 
 
-def _data_import(args: argparse.Namespace) -> None:
-    from distrec.data.importer import import_interactions
+# `data import` flag (argparse dest) -> import_interactions argument; only flags given on the command
+# line are passed, so they override a preset's values and the importer's defaults apply otherwise.
+_IMPORT_FLAGS = {
+    **{name: name for name in ("user_col", "item_col", "label_col", "time_col", "time_unit", "policy_col")},
+    **{name: name for name in ("propensity_col", "random_col", "label_threshold", "ood", "history_len")},
+    **{name: name for name in ("partition", "valid_fraction", "test_fraction", "name")},
+    "confounder_col": "confounder_cols",
+    "sparse_col": "sparse_cols",
+}
 
-    manifest = import_interactions(
-        Path(args.interactions),
-        Path(args.out),
-        user_col=args.user_col,
-        item_col=args.item_col,
-        label_col=args.label_col,
-        time_col=args.time_col,
-        time_unit=args.time_unit,
-        policy_col=args.policy_col,
-        propensity_col=args.propensity_col,
-        random_col=args.random_col,
-        label_threshold=args.label_threshold,
-        ood=Path(args.ood) if args.ood else None,
-        confounder_cols=args.confounder_col,
-        sparse_cols=args.sparse_col,
-        history_len=args.history_len,
-        overwrite=args.overwrite,
+
+def _data_import(args: argparse.Namespace) -> None:
+    from distrec.data.presets import import_preset
+
+    explicit = {arg: getattr(args, flag) for flag, arg in _IMPORT_FLAGS.items() if getattr(args, flag) is not None}
+    manifest = import_preset(args.preset, args.interactions, args.out, overwrite=args.overwrite, **explicit)
+    card = manifest.cardinality
+    print(
+        f"{args.out}: {sum(manifest.rows.values())} rows {manifest.rows}, "
+        f"{card['user_id']} users, {card['item_id']} items"
     )
-    print(f"{args.out}: {sum(manifest.rows.values())} rows {manifest.rows}")
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -66,6 +65,20 @@ def _run(args: argparse.Namespace) -> None:
 
     run_dir = run(config)
     print(run_dir)
+
+
+def _plan(args: argparse.Namespace) -> None:
+    import json
+
+    from distrec.config import load_config
+    from distrec.data.schema import Manifest
+    from distrec.orchestrate.pipeline import synthetic_dataset
+    from distrec.train.plan import format_plan, plan_config
+
+    config = load_config(args.config, args.overrides)
+    manifest = Manifest.read(config.data.path) if config.data.path else Manifest.read(synthetic_dataset(config))
+    rows = plan_config(config, manifest, args.world_size, args.device)
+    print(json.dumps(rows, indent=1) if args.json else format_plan(rows))
 
 
 def _submit(args: argparse.Namespace) -> None:
@@ -102,22 +115,36 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--overwrite", action="store_true")
     synth.set_defaults(func=_data_synth)
 
-    imp = data.add_parser("import", help="import your own interaction table (Parquet or CSV)")
+    imp = data.add_parser(
+        "import",
+        help="import your own interaction table (Parquet or CSV)",
+        description="Defaults in brackets; a --preset sets its own, and flags given explicitly override it.",
+    )
     imp.add_argument("--interactions", required=True, help="Parquet or CSV file, one row per exposure")
     imp.add_argument("--out", required=True)
-    imp.add_argument("--user-col", default="user_id")
-    imp.add_argument("--item-col", default="item_id")
-    imp.add_argument("--label-col", default="label")
-    imp.add_argument("--time-col", default="timestamp")
-    imp.add_argument("--time-unit", default="s", help="unit of the time column (s, ms, us, ns)")
+    imp.add_argument(  # names listed here, not imported: the parser stays free of numpy/pyarrow imports
+        "--preset",
+        metavar="NAME",
+        help="movielens (ratings.csv: rating >= 4, monthly partitions) or open-bandit (a Bernoulli-TS log; "
+        "--ood its uniform-random log); see distrec/data/presets.py",
+    )
+    imp.add_argument("--user-col", help="[user_id]")
+    imp.add_argument("--item-col", help="[item_id]")
+    imp.add_argument("--label-col", help="[label]")
+    imp.add_argument("--time-col", help="[timestamp]")
+    imp.add_argument("--time-unit", help="unit of the time column: s, ms, us, ns [s]")
     imp.add_argument("--policy-col")
     imp.add_argument("--propensity-col")
     imp.add_argument("--random-col", help="boolean column: exposure chosen uniformly at random")
     imp.add_argument("--label-threshold", type=float, help="label = value >= threshold (e.g. 4 for ratings)")
     imp.add_argument("--ood", help="a separately supplied out-of-distribution test log, same columns")
-    imp.add_argument("--confounder-col", action="append", default=[], help="observed confounder (repeatable)")
-    imp.add_argument("--sparse-col", action="append", default=[], help="extra categorical feature (repeatable)")
-    imp.add_argument("--history-len", type=int, default=20)
+    imp.add_argument("--confounder-col", action="append", help="observed confounder (repeatable)")
+    imp.add_argument("--sparse-col", action="append", help="extra categorical feature (repeatable)")
+    imp.add_argument("--history-len", type=int, help="[20]")
+    imp.add_argument("--partition", choices=["day", "month"], help="one Parquet partition per day or month [day]")
+    imp.add_argument("--valid-fraction", type=float, help="latest logged rows before test_id [0.1]")
+    imp.add_argument("--test-fraction", type=float, help="latest logged rows, the test_id split [0.1]")
+    imp.add_argument("--name", help="dataset name in the manifest [the file's stem]")
     imp.add_argument("--overwrite", action="store_true")
     imp.set_defaults(func=_data_import)
 
@@ -125,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="YAML config, e.g. jobs/local.yaml")
     run.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=2")
     run.set_defaults(func=_run)
+
+    plan = sub.add_parser("plan", help="print every model's sharding plan (dry run, no training)")
+    plan.add_argument("config")
+    plan.add_argument("overrides", nargs="*")
+    plan.add_argument("--world-size", type=int, default=2, help="workers per model")
+    plan.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
+    plan.set_defaults(func=_plan)
 
     submit = sub.add_parser("submit", help="submit `distrec run` as a Ray job to a cluster")
     submit.add_argument("config")
@@ -138,9 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # distrec's own progress at INFO; other libraries' chatter (fbgemm, the planner's tables) with -v
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
+    logging.getLogger("distrec").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         args.func(args)
     except DistrecError as exc:
