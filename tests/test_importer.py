@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from distrec.data.validate import read_parquet_checked
 from distrec.errors import ConfigError, DataError
 
 DAY = 86_400
-MOVIELENS = Path("/work/shared/data/ml-latest-small/ratings.csv")
+SHARED = Path(os.environ.get("DISTREC_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+MOVIELENS = SHARED / "ml-latest-small" / "ratings.csv"
 
 # row number: user, item, label, timestamp, policy, genre (a function of the item), mood (context)
 LOG = {
@@ -108,6 +110,47 @@ def test_small_log_round_trip(tmp_path: Path) -> None:
     assert vocab["item_id"] == {"raw": [10, 20, 30], "index": [0, 1, 2]}
     assert vocab["mood"] == {"raw": ["happy", "sad"], "index": [0, 1]}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["log.csv", "out"]
+
+
+def test_month_partitions(tmp_path: Path) -> None:
+    # 1969-12-31 23:59:59, 1970-01-31, 1970-02-01 00:00:00, 1970-03-15, 2000-02-29
+    times = [-1, 30 * DAY, 31 * DAY, 73 * DAY, 951_782_400]
+    rows = [f"u{n % 2},{n % 3},{n % 2},{ts}" for n, ts in enumerate(times)]
+    source = write_csv(tmp_path / "log.csv", "user_id,item_id,label,timestamp", rows)
+    manifest = import_interactions(
+        source, tmp_path / "out", partition="month", valid_fraction=0.2, test_fraction=0.2, history_len=0
+    )
+    assert manifest.splits == {
+        "train": ["ds=1969-12-01", "ds=1970-01-01", "ds=1970-02-01"],
+        "valid": ["ds=1970-03-01"],
+        "test_id": ["ds=2000-02-01"],
+    }
+    assert manifest.source["partition"] == "month"
+    files = manifest.files(tmp_path / "out", "train")
+    assert [pq.read_table(f)["ts"].to_pylist() for f in files] == [[-1], [30 * DAY], [31 * DAY]]
+    with pytest.raises(ConfigError, match="partition 'week'"):
+        import_interactions(source, tmp_path / "week", partition="week")
+    assert not (tmp_path / "week").exists()
+
+
+def test_prepare_derives_columns_and_notes(tmp_path: Path) -> None:
+    source = write_csv(tmp_path / "log.csv", "a,b,item_id,label,timestamp", ["1,x,5,1,1", "1,y,5,0,2", "2,x,6,1,3"])
+
+    def prepare(main: pa.Table, ood: pa.Table | None) -> tuple[pa.Table, pa.Table | None, dict[str, object]]:
+        user = pc.binary_join_element_wise(main["a"].cast(pa.string()), main["b"], "/")
+        return main.append_column("user", user), ood, {"user": "a/b"}
+
+    manifest = import_interactions(
+        source,
+        tmp_path / "out",
+        user_col="user",
+        prepare=prepare,
+        notes={"preset": "test"},
+        valid_fraction=0,
+        test_fraction=0,
+    )
+    assert manifest.source["prepared"] == {"user": "a/b"} and manifest.source["preset"] == "test"
+    assert pq.read_table(tmp_path / "out" / "vocab" / "user_id.parquet")["raw"].to_pylist() == ["1/x", "1/y", "2/x"]
 
 
 def test_ood_file_random_flags_and_propensities(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

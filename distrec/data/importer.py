@@ -11,13 +11,19 @@ Conventions (see :func:`import_interactions`):
 * times are numbers in ``time_unit`` since the epoch, or Arrow timestamps; stored as int64 seconds.
 * ``hist_item_ids`` holds the user's last ``history_len`` positives strictly before the row's time,
   oldest first, over all imported rows (main and OOD) whatever their split.
+* one Parquet file per (split, partition): ``partition="day"`` gives ``ds=YYYY-MM-DD`` directories,
+  ``"month"`` gives one per calendar month, named (still hive style, still a date) by its first day,
+  ``ds=YYYY-MM-01``, so readers that parse ``ds`` as a date and sort it keep working.
+* a split without rows (e.g. test_ood of a log without random exposures and no ``--ood``) is left
+  out of the manifest's ``splits`` and ``rows`` and gets no directory: readers check membership.
+* ``prepare`` (used by :mod:`distrec.data.presets`) may derive columns from the raw tables before any
+  check, e.g. a user id built from user features or a propensity bucket; its notes go to the manifest.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,8 +60,22 @@ TIME_UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 DEFAULT_POLICY = "logging"
 RANDOM_POLICY = "random"
 WRITE_ROWS = 1_000_000  # rows per Parquet write; bounds the history lists built at once
-_DAY = 86_400
-_EPOCH = dt.date(1970, 1, 1)
+PARTITIONS = {"day": "datetime64[D]", "month": "datetime64[M]"}  # partition granularity -> numpy unit
+
+# (main table, OOD table or None) -> (main, OOD, notes for manifest.source["prepared"])
+Prepare = Callable[[pa.Table, pa.Table | None], tuple[pa.Table, pa.Table | None, dict[str, object]]]
+
+
+def partition_periods(ts: np.ndarray, partition: str) -> np.ndarray:
+    """The period (day or month) of each time in seconds, as numpy datetime64 values (floored)."""
+    if partition not in PARTITIONS:
+        raise ConfigError(f"partition {partition!r}: expected one of {sorted(PARTITIONS)}")
+    return ts.astype("datetime64[s]").astype(PARTITIONS[partition])
+
+
+def period_partition(period: np.datetime64) -> str:
+    """Hive directory of a period: ``ds=`` its first day (``ds=YYYY-MM-01`` for a month)."""
+    return partition_name(str(period.astype("datetime64[D]")))
 
 
 def gather_lists(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> pa.ListArray:
@@ -136,7 +156,8 @@ class _Log:
         )
 
 
-def _read(path: Path) -> pa.Table:
+def read_table(path: Path) -> pa.Table:
+    """A CSV or Parquet file as an Arrow table; unreadable, empty or unknown files raise DataError."""
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     if path.stat().st_size == 0:
@@ -200,8 +221,9 @@ def _seconds(path: Path, name: str, col: pa.ChunkedArray, time_unit: str) -> np.
     raise DataError(f"{path}: column {name!r}: type {col.type} is neither a number nor a timestamp")
 
 
-def _load(path: Path, cols: _Columns, threshold: float | None, time_unit: str) -> _Log:
-    table = _read(path)
+def _load(path: Path, table: pa.Table, cols: _Columns, threshold: float | None, time_unit: str) -> _Log:
+    if table.num_rows == 0:
+        raise DataError(f"{path}: no rows left after preparation")
     if missing := [c for c in cols.required() if c not in table.column_names]:
         raise DataError(f"{path}: missing column(s) {missing}; it has {table.column_names}")
     for name in (cols.user, cols.item):
@@ -326,10 +348,15 @@ def _write_splits(
     columns: dict[str, np.ndarray | pa.Array],
     split: np.ndarray,
     history: tuple[np.ndarray, np.ndarray, np.ndarray],
+    partition: str,
 ) -> None:
-    """One ``part-00000.parquet`` per (split, day) under ``tmp``, rows in time order; fills manifest splits/rows."""
+    """One ``part-00000.parquet`` per (split, partition) under ``tmp``, rows in time order; fills splits/rows.
+
+    Splits without rows are left out of the manifest (see the module docstring).
+    """
     schema = manifest.schema()
     ts = columns[TS]
+    periods = partition_periods(ts, partition)
     positives, starts, lengths = history
 
     def table(rows: np.ndarray) -> pa.Table:
@@ -342,8 +369,8 @@ def _write_splits(
         if len(rows) == 0:
             continue
         rows = rows[np.argsort(ts[rows], kind="stable")]
-        for part in np.split(rows, np.flatnonzero(np.diff(ts[rows] // _DAY)) + 1):
-            ds = partition_name((_EPOCH + dt.timedelta(days=int(ts[part[0]] // _DAY))).isoformat())
+        for part in np.split(rows, np.flatnonzero(periods[rows][1:] != periods[rows][:-1]) + 1):
+            ds = period_partition(periods[part[0]])
             path = tmp / split_name / ds / "part-00000.parquet"
             path.parent.mkdir(parents=True)
             with pq.ParquetWriter(path, schema) as writer:
@@ -375,7 +402,10 @@ def import_interactions(
     valid_fraction: float = 0.1,
     test_fraction: float = 0.1,
     history_len: int = 20,
+    partition: str = "day",
     name: str | None = None,
+    prepare: Prepare | None = None,
+    notes: Mapping[str, object] | None = None,
     overwrite: bool = False,
 ) -> Manifest:
     """Import ``interactions`` (and optionally an ``ood`` log with the same columns) as a dataset at ``out``.
@@ -385,8 +415,10 @@ def import_interactions(
     ``test_ood``; the other rows are split by time into train, valid (``valid_fraction``) and test_id
     (``test_fraction``). ``sparse_cols`` sides come from ``sparse_sides`` or are inferred (a function
     of the item: ``item``; of the user: ``user``; else ``context``). MovieLens is
-    ``user_col="userId", item_col="movieId", label_col="rating", label_threshold=4.0``.
-    Bad input raises :class:`DataError` naming the file, column and count, and leaves no output.
+    ``user_col="userId", item_col="movieId", label_col="rating", label_threshold=4.0``
+    (``distrec.data.presets`` has it and Open Bandit ready-made). ``partition`` is ``"day"`` or
+    ``"month"``; ``prepare`` derives columns from the raw tables first; ``notes`` are added to
+    ``manifest.source``. Bad input raises :class:`DataError` naming the file, column and count, and leaves no output.
     """
     interactions, out = Path(interactions), Path(out)
     categorical = (*sparse_cols, *confounder_cols)
@@ -399,15 +431,23 @@ def import_interactions(
         raise ConfigError("valid_fraction and test_fraction must be in [0, 1) and sum to less than 1")
     if history_len < 0:
         raise ConfigError(f"history_len must be >= 0, not {history_len}")
+    if partition not in PARTITIONS:
+        raise ConfigError(f"partition {partition!r}: expected one of {sorted(PARTITIONS)}")
     cols = _Columns(user_col, item_col, label_col, time_col, policy_col, propensity_col, random_col, categorical)
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        logs = [_load(interactions, cols, label_threshold, time_unit)]
+        ood = Path(ood) if ood is not None else None
+        main_table, ood_table = read_table(interactions), read_table(ood) if ood is not None else None
+        prepared: dict[str, object] = {}
+        if prepare is not None:
+            main_table, ood_table, prepared = prepare(main_table, ood_table)
+        logs = [_load(interactions, main_table, cols, label_threshold, time_unit)]
         dropped = 0
-        if ood is not None:
-            ood = Path(ood)
-            other, dropped = _align_ood(logs[0], _load(ood, cols, label_threshold, time_unit), interactions, ood)
+        if ood is not None and ood_table is not None:
+            other = _load(ood, ood_table, cols, label_threshold, time_unit)
+            other, dropped = _align_ood(logs[0], other, interactions, ood)
             logs.append(other)
+        del main_table, ood_table
         vocab = {USER: _vocab(logs[0].user), ITEM: _vocab(logs[0].item)}
         raw = {c: _concat([log.categorical[c] for log in logs]) for c in categorical}
         vocab |= {c: _vocab(values) for c, values in raw.items()}
@@ -455,10 +495,13 @@ def import_interactions(
                 "label_threshold": label_threshold,
                 "time_unit": time_unit,
                 "ood_dropped_rows": dropped,
+                "partition": partition,
                 "vocab": {f: f"vocab/{f}.parquet" for f in vocab},
+                **({"prepared": prepared} if prepared else {}),
+                **dict(notes or {}),
             },
         )
-        _write_splits(tmp, out, manifest, columns, split, history)
+        _write_splits(tmp, out, manifest, columns, split, history, partition)
         (tmp / "vocab").mkdir()
         for feature, values in vocab.items():
             vocab_table = pa.table({"raw": values, "index": np.arange(len(values), dtype=np.int64)})

@@ -20,8 +20,8 @@ from typing import NamedTuple, Protocol
 
 import torch
 from torch import nn
-from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.modules.embedding_configs import BaseEmbeddingConfig, EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.modules.mlp import MLP
 
 from distrec.data.batch import Batch
@@ -38,7 +38,6 @@ class Recommender(Protocol):
     """What the training loop, the front-door scorer and the evaluator need from a model."""
 
     name: str
-    sparse_arch: EmbeddingBagCollection
 
     def encode(self, batch: Batch) -> Encoded: ...
 
@@ -94,9 +93,19 @@ class FeatureEncoder(nn.Module):
         return Encoded(direct, mediator, item)
 
 
-def embedding_modules(model: nn.Module) -> list[EmbeddingBagCollection]:
-    """The TorchRec embedding modules of a model: what gets sharded and fused-optimised."""
-    return [m for m in model.modules() if isinstance(m, EmbeddingBagCollection)]
+EmbeddingModule = EmbeddingBagCollection | EmbeddingCollection
+
+
+def embedding_modules(model: nn.Module) -> list[EmbeddingModule]:
+    """The TorchRec embedding modules of a model (pooled and sequence): what gets sharded and fused-optimised."""
+    return [m for m in model.modules() if isinstance(m, EmbeddingBagCollection | EmbeddingCollection)]
+
+
+def table_configs(module: EmbeddingModule) -> list[BaseEmbeddingConfig]:
+    """The table configs of either kind of embedding module (their accessors differ in name)."""
+    if isinstance(module, EmbeddingBagCollection):
+        return list(module.embedding_bag_configs())
+    return list(module.embedding_configs())
 
 
 def broadcast_cat(*parts: torch.Tensor) -> torch.Tensor:

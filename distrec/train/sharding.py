@@ -12,10 +12,10 @@ import torch
 from torch import nn
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
 from torchrec.distributed.types import ShardingPlan
-from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.modules.embedding_configs import BaseEmbeddingConfig
 
 from distrec.errors import ConfigError
-from distrec.models.base import embedding_modules
+from distrec.models.base import embedding_modules, table_configs
 
 CPU_SHARDING_TYPES = ("data_parallel", "table_wise", "column_wise", "table_column_wise")
 GPU_SHARDING_TYPES = (*CPU_SHARDING_TYPES, "row_wise", "table_row_wise")
@@ -46,8 +46,8 @@ def allowed_sharding_types(device_type: str, requested: Sequence[str]) -> list[s
     return list(requested)
 
 
-def embedding_configs(model: nn.Module) -> list[EmbeddingBagConfig]:
-    return [cfg for m in embedding_modules(model) for cfg in m.embedding_bag_configs()]
+def embedding_configs(model: nn.Module) -> list[BaseEmbeddingConfig]:
+    return [cfg for m in embedding_modules(model) for cfg in table_configs(m)]
 
 
 def make_planner(

@@ -1,0 +1,110 @@
+"""Every architecture answers the protocol: a broadcasting head, finite logits on a real batch; DIN's
+target attention sees only the real items of each history."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from distrec.causal.frontdoor import front_door_prob
+from distrec.data.batch import Batch, BatchBuilder
+from distrec.data.schema import HISTORY, ITEM, Manifest
+from distrec.data.synth import synthesize
+from distrec.models.architectures import ARCHITECTURES, DIN, build_model
+from distrec.models.base import embedding_modules
+from distrec.models.sequence import TargetAttention
+from distrec.train.sharding import embedding_configs
+
+torch.set_num_threads(1)
+
+DIM, HIDDEN, HISTORY_LEN = 8, [16], 6
+
+
+Data = tuple[Manifest, Batch, pa.Table]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
+    """A tiny synthetic dataset's manifest, and its first 64 training rows as a Batch and as Arrow."""
+    root = tmp_path_factory.mktemp("models") / "synth"
+    manifest = synthesize(root, 1_000, users=60, items=40, days=3, history_len=HISTORY_LEN, seed=3)
+    builder = BatchBuilder(manifest)
+    rows = pq.read_table(manifest.files(root, "train")[0], columns=builder.columns).slice(0, 64)
+    return manifest, builder(rows), rows
+
+
+def model_of(arch: str, manifest: Manifest, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model(arch, arch, manifest, DIM, HIDDEN, torch.device("cpu")).eval()
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_head_broadcasts_like_a_loop_over_pairs(arch: str, data: Data) -> None:
+    model = model_of(arch, data[0])
+    gen = torch.Generator().manual_seed(1)
+    bank, mediator, item = (torch.randn(n, DIM, generator=gen) for n in (5, 3, 3))
+    with torch.no_grad():
+        pairs = model.head(bank.unsqueeze(0), mediator.unsqueeze(1), item.unsqueeze(1))
+        loop = torch.tensor(
+            [[model.head(bank[n], mediator[b], item[b]).item() for n in range(len(bank))] for b in range(len(item))]
+        )
+        fd = front_door_prob(model.head, bank, mediator, item, chunk_rows=2)
+    assert pairs.shape == (3, 5)
+    torch.testing.assert_close(pairs, loop)
+    torch.testing.assert_close(fd, torch.sigmoid(loop).mean(dim=1))
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_forward_on_a_real_batch_gives_finite_logits_and_trains_every_table(arch: str, data: Data) -> None:
+    manifest, batch, _ = data
+    model = model_of(arch, manifest).train()
+    encoded = model.encode(batch)
+    assert all(part.shape == (batch.size, DIM) for part in encoded)
+    logits = model(batch)
+    assert logits.shape == (batch.size,) and torch.isfinite(logits).all()
+    logits.sum().backward()
+    tables = [p for m in embedding_modules(model) for p in m.parameters()]
+    assert len(tables) == len(embedding_configs(model)) == len(manifest.sparse)
+    assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in tables)
+
+
+def test_din_keeps_item_and_history_in_one_sequence_table(data: Data) -> None:
+    manifest, _, _ = data
+    model = model_of("din", manifest)
+    assert isinstance(model, DIN)
+    (ec_table,) = model.encoder.sequence_arch.embedding_configs()
+    assert ec_table.feature_names == [ITEM, HISTORY] and ec_table.num_embeddings == manifest.cardinality[ITEM]
+    assert {c.name for c in embedding_configs(model)} == {f"din_{s.name}" for s in manifest.sparse}
+
+
+def test_attention_ignores_positions_beyond_each_length() -> None:
+    torch.manual_seed(0)
+    attention = TargetAttention(DIM, max_len=4, hidden=[12]).eval()
+    lengths = torch.tensor([0, 1, 3, 4])
+    padded = torch.randn(4, 4, DIM)
+    query = torch.randn(4, DIM)
+    real = torch.arange(4) < lengths.unsqueeze(1)
+    garbage = torch.where(real.unsqueeze(-1), padded, 100 * torch.randn(4, 4, DIM))
+    with torch.no_grad():
+        pooled = attention.pool(padded, lengths, query)
+        torch.testing.assert_close(attention.pool(garbage, lengths, query), pooled)
+        for b in range(4):  # DIN's sum_j a(h_j, v) h_j over the real items only, no softmax
+            h, v = padded[b, : lengths[b]], query[b].expand(int(lengths[b]), DIM)
+            weights = attention.unit(torch.cat([h, v, h - v, h * v], dim=-1))
+            torch.testing.assert_close(pooled[b], (weights * h).sum(0))
+    assert torch.equal(pooled[0], torch.zeros(DIM))  # an empty history gives a zero mediator
+
+
+def test_din_rows_do_not_depend_on_other_rows_histories(data: Data) -> None:
+    """Each row alone scores as it does inside a batch of histories of other lengths."""
+    manifest, batch, rows = data
+    lengths = batch.sparse[HISTORY].lengths()
+    assert lengths.min() < lengths.max() <= HISTORY_LEN  # the batch really has padding to ignore
+    model = model_of("din", manifest)
+    builder = BatchBuilder(manifest)
+    with torch.no_grad():
+        together = model(batch)
+        alone = torch.cat([model(builder(rows.slice(i, 1))) for i in range(batch.size)])
+    torch.testing.assert_close(alone, together)
