@@ -108,6 +108,8 @@ class Config:
     seed: int = 0
     runs_dir: str = "runs"
     run_id: str | None = None
+    # Also train the ablation students kd, causald and crl next to base and the student (causald+crl).
+    ablation: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     teachers: list[ModelConfig] = field(
         default_factory=lambda: [ModelConfig(name="deepfm", arch="deepfm"), ModelConfig(name="dcn", arch="dcn")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -75,3 +76,22 @@ def test_missing_dataset_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_duplicate_teacher_names_exit_3(tmp_path: Path) -> None:
     teachers = "teachers=[{name: a, arch: dcn}, {name: a, arch: deepfm}]"
     assert main(["run", "jobs/local.yaml", teachers, f"runs_dir={tmp_path}"]) == 3
+
+
+@pytest.mark.slow
+def test_ablation_trains_every_variant_in_one_run(
+    ray_local: None, tiny_dataset: tuple[Path, Manifest], tmp_path: Path
+) -> None:
+    root, manifest = tiny_dataset
+    args = ["run", "jobs/local.yaml", f"data.path={root}", f"runs_dir={tmp_path}", "run_id=abl", "ablation=true"]
+    assert main([*args, *TINY]) == 0
+    report = json.loads((tmp_path / "abl" / "report.json").read_text())
+    variants = {"base", "kd", "causald", "crl", "causald+crl", "student"}
+    assert set(report["models"]) == {"fm", "cross"} | variants
+    assert set(report["heterogeneity"]) >= variants
+    assert report["models"]["causald+crl"] == report["models"]["student"]
+    for name in ("kd", "causald", "crl", "student"):
+        assert report["run"]["training"][name]["rows"] == manifest.rows["train"], name
+    # the front-door and the plain soft labels were scored once, for every training row
+    soft = (tmp_path / "abl" / "soft_labels").glob("*.parquet")
+    assert sum(pq.ParquetFile(f).metadata.num_rows for f in soft) == manifest.rows["train"]

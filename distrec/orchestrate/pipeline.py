@@ -40,7 +40,7 @@ from distrec.orchestrate.trainers import fit, fit_concurrently
 from distrec.train.loop import WorkerTask
 
 log = logging.getLogger("distrec")
-RESERVED_NAMES = ("student", "base")
+RESERVED_NAMES = ("student", "base", "kd", "causald", "crl", "causald+crl")
 
 
 def synthetic_dataset(config: Config) -> Path:
@@ -136,23 +136,28 @@ def run(config: Config) -> Path:
             manifest, str(root), config.distill.bank_size, config.seed, run_dir / "history_bank.parquet"
         )
         teachers = {t.name: trained[t.name].checkpoint for t in config.teachers}
-        column = front_door_column if config.distill.target == "front_door" else conditional_column
         stream = soft_label_stream(train_files, columns, teachers, bank, config.distill.score_batch_size)
-        log.info("training the student on the streamed soft labels")
-        student_task = task(
-            config.student,
-            config.seed,
-            soft_label_columns=[column(name) for name in teachers],
-            distill=config.distill,
-            crl=config.crl,
-        )
-        trained["student"] = fit(student_task, storage, stream)
+        students = student_variants(config, list(teachers))
+        if config.ablation:
+            # every variant trains on the same soft labels: score once, then train them side by side
+            log.info("scoring soft labels once for %d ablation students", len(students))
+            soft_dir = run_dir / "soft_labels"
+            stream.write_parquet(str(soft_dir))
+            precomputed = [str(p) for p in sorted(soft_dir.glob("*.parquet"))]
+            jobs = [(task(m, config.seed, **kw), ray.data.read_parquet(precomputed)) for m, kw in students]
+            trained.update(fit_concurrently(jobs, storage))
+        else:
+            log.info("training the student on the streamed soft labels")
+            model_config, extra = students[-1]
+            trained["student"] = fit(task(model_config, config.seed, **extra), storage, stream)
 
         log.info("evaluating %d models", len(trained))
         checkpoints = {name: model.checkpoint for name, model in trained.items()}
         metrics = evaluate_checkpoints(checkpoints, root, config.eval.k, config.eval.batch_size)
         for name, checkpoint in checkpoints.items():
             checkpoint.to_directory(str(run_dir / "models" / name))
+    if config.ablation:
+        metrics["causald+crl"] = metrics["student"]  # the configured student is the full method
 
     run_info = {
         "id": run_id,
@@ -166,6 +171,28 @@ def run(config: Config) -> Path:
     write_report(run_dir, build_report(run_info, metrics))
     os.replace(run_dir, final_dir)
     return final_dir
+
+
+def student_variants(config: Config, teachers: list[str]) -> list[tuple[ModelConfig, dict[str, Any]]]:
+    """The students of a run as (model config, task arguments); the configured student comes last.
+
+    Without ablation that is the one student (CausalD + CRL as configured). With ``ablation=true``
+    the same architecture also trains as ``kd`` (plain multi-teacher distillation, no x'
+    marginalisation), ``causald`` (front-door distillation only) and ``crl`` (the MI penalty only);
+    ``base`` (labels only) is trained with the teachers either way.
+    """
+    fd = [front_door_column(t) for t in teachers]
+    kd = [conditional_column(t) for t in teachers]
+    configured = fd if config.distill.target == "front_door" else kd
+    student = (config.student, {"soft_label_columns": configured, "distill": config.distill, "crl": config.crl})
+    if not config.ablation:
+        return [student]
+    return [
+        (replace(config.student, name="kd"), {"soft_label_columns": kd, "distill": config.distill}),
+        (replace(config.student, name="causald"), {"soft_label_columns": fd, "distill": config.distill}),
+        (replace(config.student, name="crl"), {"crl": config.crl}),
+        student,
+    ]
 
 
 def _training_summary(metrics: dict[str, object]) -> dict[str, object]:
