@@ -45,6 +45,8 @@ class ModelConfig:
     dim: int = 16
     hidden: list[int] = field(default_factory=lambda: [64, 32])
     bootstrap: bool = False  # Poisson(1) row weights: an online bootstrap sample of the logs
+    # Embedding table rows per sparse feature (default: its id cardinality); fewer rows hash the ids.
+    table_rows: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from distrec.data.batch import Batch, BatchBuilder, sparse_keys
+from distrec.data.batch import Batch, BatchBuilder, sparse_keys, table_index
 from distrec.data.schema import Manifest, SparseFeature
 from distrec.errors import DataError
 
@@ -89,3 +89,24 @@ def test_record_batch_and_to_device_round_trip() -> None:
 def test_bad_values_are_named(change: dict[str, pa.Array], message: str) -> None:
     with pytest.raises(DataError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         BatchBuilder(manifest())(table(**change))
+
+
+def test_small_tables_hash_ids_and_large_tables_keep_them() -> None:
+    hashed = manifest().with_table_rows({"item_id": 4, "user_id": 1_000})
+    batch = BatchBuilder(hashed)(table())
+    kjt = batch.sparse.to_dict()
+    assert kjt["user_id"].values().tolist() == [0, 4, 2]  # 1,000 rows >= 5 ids: identity
+    items = kjt["item_id"].values()
+    assert ((items >= 0) & (items < 4)).all()
+    # the history shares the item table, so the same id lands on the same row
+    same = BatchBuilder(hashed)(table(item_id=pa.array([1, 2, 5], pa.int64())))
+    assert same.sparse.to_dict()["item_id"].values().tolist()[:2] == kjt["hist_item_ids"].values().tolist()[:2]
+    assert hashed.table_rows["item_id"] == 4 and hashed.cardinality["item_id"] == 7
+    with pytest.raises(DataError, match="unknown features"):
+        manifest().with_table_rows({"nope": 3})
+
+
+def test_table_index_spreads_ids_evenly() -> None:
+    rows = table_index(np.arange(1_000_000, dtype=np.int64), 1_000_000, 1_000)
+    counts = np.bincount(rows, minlength=1_000)
+    assert counts.min() > 900 and counts.max() < 1_100

@@ -80,6 +80,17 @@ def _check_range(name: str, values: np.ndarray, cardinality: int) -> None:
         raise DataError(f"column {name!r}: {bad} ids outside [0, {cardinality}) in a batch of {values.size} values")
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: spreads consecutive ids evenly
+
+
+def table_index(ids: np.ndarray, cardinality: int, rows: int) -> np.ndarray:
+    """Embedding-table row of each id: the id itself when the table is large enough, else a hash."""
+    if rows >= cardinality:
+        return ids
+    with np.errstate(over="ignore"):
+        return ((ids.astype(np.uint64) * _GOLDEN >> np.uint64(17)) % np.uint64(rows)).astype(np.int64)
+
+
 class BatchBuilder:
     """Builds ``Batch``es from Arrow tables of the canonical format (see ``distrec.data.schema``)."""
 
@@ -107,13 +118,13 @@ class BatchBuilder:
         for spec in self.manifest.sparse:
             ids = _int_column(table, spec.name)
             _check_range(spec.name, ids, spec.cardinality)
-            values.append(ids)
+            values.append(table_index(ids, spec.cardinality, spec.rows))
             lengths.append(np.ones(n, dtype=np.int32))
         if self.manifest.history_max_len > 0:
             hist = table.column(HISTORY).combine_chunks()
             hist_values = pc.list_flatten(hist).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
             _check_range(HISTORY, hist_values, self.cardinality[ITEM])
-            values.append(hist_values)
+            values.append(table_index(hist_values, self.cardinality[ITEM], self.manifest.table_rows[ITEM]))
             lengths.append(pc.list_value_length(hist).fill_null(0).to_numpy().astype(np.int32))
         sparse = KeyedJaggedTensor.from_lengths_sync(
             keys=self.keys,

@@ -27,7 +27,7 @@ The manifest names the feature columns, their cardinalities and roles, and the s
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -69,11 +69,20 @@ BASE_SCHEMA = pa.schema(
 
 @dataclass(frozen=True)
 class SparseFeature:
-    """A categorical feature with its own embedding table (``hist_item_ids`` shares ``item_id``'s)."""
+    """A categorical feature with its own embedding table (``hist_item_ids`` shares ``item_id``'s).
+
+    ``table_rows`` sizes the feature's embedding table when it differs from the id cardinality:
+    fewer rows hash the ids into the table, more rows leave room for ids yet to come.
+    """
 
     name: str
     cardinality: int
     side: Side
+    table_rows: int | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.table_rows or self.cardinality
 
 
 @dataclass
@@ -100,7 +109,23 @@ class Manifest:
 
     @property
     def cardinality(self) -> dict[str, int]:
+        """Id cardinality of each sparse feature: valid ids are ``[0, cardinality)``."""
         return {s.name: s.cardinality for s in self.sparse}
+
+    @property
+    def table_rows(self) -> dict[str, int]:
+        """Embedding table rows of each sparse feature."""
+        return {s.name: s.rows for s in self.sparse}
+
+    def with_table_rows(self, rows: dict[str, int]) -> Manifest:
+        """A copy whose tables have the given sizes (features not named keep theirs)."""
+        unknown = sorted(set(rows) - set(self.cardinality))
+        if unknown:
+            raise DataError(f"manifest {self.name!r}: table_rows names unknown features {unknown}")
+        if any(r <= 0 for r in rows.values()):
+            raise DataError(f"manifest {self.name!r}: table_rows must be positive, got {rows}")
+        sparse = [replace(s, table_rows=rows.get(s.name, s.table_rows)) for s in self.sparse]
+        return replace(self, sparse=sparse)
 
     def sparse_on(self, side: Side) -> list[str]:
         return [s.name for s in self.sparse if s.side == side]

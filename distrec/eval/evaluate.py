@@ -50,8 +50,7 @@ def evaluate_export(
 ) -> dict[str, Any]:
     """``{split: metrics with per-group metrics}`` for one exported model."""
     torch.set_num_threads(1)
-    model, _, _ = load_export(directory)
-    manifest = Manifest.read(root)
+    model, _, manifest = load_export(directory)  # the model's manifest: its table sizes
     builder = BatchBuilder(manifest)
     out: dict[str, Any] = {}
     for split in EVAL_SPLITS:

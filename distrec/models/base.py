@@ -57,7 +57,7 @@ def embedding_tables(manifest: Manifest, dim: int, prefix: str) -> list[Embeddin
             EmbeddingBagConfig(
                 name=f"{prefix}_{spec.name}",
                 embedding_dim=dim,
-                num_embeddings=spec.cardinality,
+                num_embeddings=spec.rows,
                 feature_names=features,
                 pooling=PoolingType.MEAN,
             )

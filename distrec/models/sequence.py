@@ -77,7 +77,7 @@ class SequenceEncoder(nn.Module):
                 EmbeddingConfig(
                     name=f"{prefix}_{ITEM}",
                     embedding_dim=dim,
-                    num_embeddings=manifest.cardinality[ITEM],
+                    num_embeddings=manifest.table_rows[ITEM],
                     feature_names=[ITEM, HISTORY] if self.has_history else [ITEM],
                 )
             ],

@@ -6,7 +6,6 @@ An export is a directory with ``model.json`` (architecture, sizes and the datase
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from torch.distributed._shard.sharded_tensor import ShardedTensor
 
 from distrec.data.schema import Manifest
 from distrec.errors import CheckpointError
-from distrec.io import atomic_write_bytes, atomic_write_json
+from distrec.io import atomic_file, atomic_write_json
 from distrec.models.architectures import build_model
 
 SPEC = "model.json"
@@ -49,9 +48,8 @@ def gather_state_dict(module: nn.Module, prefix: str) -> dict[str, torch.Tensor]
 
 def write_export(directory: Path, spec: dict[str, Any], manifest: Manifest, state: dict[str, torch.Tensor]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(directory / WEIGHTS, buffer.getvalue())
+    with atomic_file(directory / WEIGHTS) as f:  # streamed: no second in-memory copy of large tables
+        torch.save(state, f)
     atomic_write_json(directory / SPEC, {**spec, "manifest": manifest.to_json()})
 
 

@@ -22,6 +22,7 @@ from distrec.config import CRLConfig, DistillConfig, ModelConfig, TrainConfig
 from distrec.data.batch import Batch, BatchBuilder
 from distrec.data.schema import Manifest
 from distrec.train.export import gather_state_dict, write_export
+from distrec.train.objective import COMPONENTS
 from distrec.train.sharding import describe_plan
 
 
@@ -87,16 +88,9 @@ def _build(task: WorkerTask, manifest: Manifest, world: int, device: torch.devic
     dmp = DistributedModelParallel(
         objective, env=ShardingEnv.from_process_group(dist.GroupMember.WORLD), device=device, plan=plan
     )
-    dense = dict(in_backward_optimizer_filter(dmp.named_parameters()))
-    critic = {k: v for k, v in dense.items() if ".critic." in k}
-    groups = [
-        KeyedOptimizerWrapper(
-            {k: v for k, v in dense.items() if k not in critic}, lambda ps: torch.optim.Adam(ps, lr=train.dense_lr)
-        )
-    ]
-    if critic:
-        lr = task.crl.critic_lr if task.crl is not None else train.dense_lr
-        groups.append(KeyedOptimizerWrapper(critic, lambda ps: torch.optim.Adam(ps, lr=lr)))
+    # the CRL critic is trained by its own optimiser inside objective.loss (distrec.train.objective)
+    dense = {k: v for k, v in in_backward_optimizer_filter(dmp.named_parameters()) if ".critic." not in k}
+    groups = [KeyedOptimizerWrapper(dense, lambda ps: torch.optim.Adam(ps, lr=train.dense_lr))]
     return dmp, CombinedOptimizer([dmp.fused_optimizer, *groups]), plan, spec
 
 
@@ -120,7 +114,7 @@ def train_worker(task: WorkerTask) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     device = device_for(task.train.device, context.get_local_rank())
     torch.manual_seed(task.seed)
-    manifest = Manifest.read(task.dataset)
+    manifest = Manifest.read(task.dataset).with_table_rows(dict(task.model.table_rows))
     dmp, optimizer, plan, spec = _build(task, manifest, world, device)
     pipeline = TrainPipelineSparseDist(dmp, optimizer, device, execute_all_batches=True)
     control = dist.new_group(backend="gloo")  # CPU side channel (lockstep flags, DCP), also under nccl
@@ -149,7 +143,8 @@ def train_worker(task: WorkerTask) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
 
     started = time.perf_counter()
-    totals = torch.zeros(3, dtype=torch.float64)  # weighted loss sum, weight sum, rows trained this run
+    # weighted loss sum, weight sum, rows trained this run, then the weighted loss components
+    totals = torch.zeros(3 + len(COMPONENTS), dtype=torch.float64)
     for epoch in range(int(progress[0]), task.train.epochs):
         step = int(progress[1])
         seed = task.seed * 1_000_003 + epoch * 1_009 + rank if spec.bootstrap else None
@@ -166,7 +161,8 @@ def train_worker(task: WorkerTask) -> None:
                 break
             live = out.weights.sum().item()
             rows = out.labels.numel() if live > 0 else 0  # padding batches carry weight 0
-            totals += torch.tensor([out.loss.item() * live, live, rows], dtype=torch.float64)
+            totals[:3] += torch.tensor([out.loss.item() * live, live, rows], dtype=torch.float64)
+            totals[3:] += out.components.detach().cpu().double() * live
             step += 1
             progress[:] = torch.tensor([epoch, step, int(progress[2]) + rows])
             if every and step % every == 0:
@@ -193,6 +189,7 @@ def _metrics(
         "epoch": epoch,
         "step": step,
         "train_loss": summed[0].item() / max(summed[1].item(), 1e-12),
+        **{f"train_{n}": v.item() / max(summed[1].item(), 1e-12) for n, v in zip(COMPONENTS, summed[3:], strict=True)},
         "rows": int(rows.item()),
         "rows_this_run": int(summed[2].item()),
         "seconds": time.perf_counter() - started,

@@ -35,6 +35,7 @@ def plan_model(
 ) -> list[dict[str, Any]]:
     """Plan one model's tables on ``world_size`` workers of ``device`` without any process group."""
     m = model_config
+    manifest = manifest.with_table_rows(dict(m.table_rows))
     model = build_model(m.arch, m.name, manifest, m.dim, list(m.hidden), torch.device("meta"))
     objective = Objective(model)
     planner = make_planner(objective, world_size, device, config.train.sharding_types, config.train.batch_size)
