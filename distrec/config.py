@@ -102,7 +102,9 @@ class EvalConfig:
 @dataclass
 class RayConfig:
     address: str | None = None  # None: start an embedded local Ray
-    num_cpus: int = 8  # logical CPUs of the embedded Ray (may exceed physical cores)
+    # Logical CPUs of the embedded Ray: more than the physical cores, so K+1 trainers, the scoring
+    # actors and Ray Data's read tasks (which only get CPUs the trainers leave free) all fit.
+    num_cpus: int = 16
 
 
 @dataclass

@@ -25,8 +25,8 @@ TINY_ROWS = 8_000
 
 @pytest.fixture(scope="session")
 def ray_local() -> Iterator[None]:
-    """A real local Ray (8 logical CPUs on 2 cores, as in local mode), shared by the whole session."""
-    with ray_session(RayConfig(num_cpus=8)):
+    """A real local Ray (16 logical CPUs on 2 cores, as in local mode), shared by the whole session."""
+    with ray_session(RayConfig(num_cpus=16)):
         yield
     assert not ray.is_initialized()
 
