@@ -8,9 +8,11 @@ Each estimator is an ``nn.Module`` whose parameters form a critic (a variational
 so one backward of ``task_loss + beta * mi(z, c) + critic_loss(z.detach(), c)`` fits the critic and
 pushes the representation to remove what the critic finds. ``mi`` runs the critic through
 ``torch.func.functional_call`` with detached parameters, which is why the two terms can share a
-backward and one optimiser. The critic has to keep up with z, so give its parameters a higher
-learning rate than the encoder's: with equal rates, the linear encoder in tests/test_mi.py rotated
-z faster than the critic could follow, and the penalty stopped working.
+backward and one optimiser (as in tests/test_mi.py); ``distrec.train.objective`` instead alternates,
+giving the critic its own optimiser steps on ``critic_loss`` before each student step. The critic has
+to keep up with z, so give its parameters a higher learning rate than the encoder's (or several
+steps): with equal rates, the linear encoder in tests/test_mi.py rotated z faster than the critic
+could follow, and the penalty stopped working.
 
 Passing ``y`` (labels, any discrete values) gives the conditional form I(Z; C | Y): negatives c_j are
 drawn only from rows with the same y as row i, and rows are weighted by their stratum's frequency,
@@ -131,6 +133,57 @@ class CLUB(MIEstimator):
         return (positive - negative).mean()
 
 
+class CategoricalCLUB(MIEstimator):
+    """CLUB for categorical c, int [B, ncols] (CLUBForCategorical in Linear95/CLUB, one head per column).
+
+    q(c | z) = prod_k softmax(W_k r(z))[c_k], a shared hidden layer r and one linear head per column.
+    ``critic_loss`` is the negative log-likelihood of c under q. ``mi`` is the reference's
+    mean(diag(log_mat)) - mean(log_mat) with log_mat[i, j] = log q(c_j | z_i), summed over columns
+    (log q factorises, so the mean over j splits by column). The mean over j is taken in closed form,
+    sum_v freq(c_k = v) * log q_k(v | z_i) with the frequencies of i's stratum, so memory is
+    O(B * sum(cardinalities)) rather than O(B^2). y does not change the likelihood (no negatives).
+
+    With several columns the estimate bounds sum_k I(Z; C_k) (plus each column's lautum term), which
+    is what the penalty should remove column by column; it need not bound the joint I(Z; C) when the
+    columns are synergistic (c_1 XOR c_2 carrying what neither carries alone).
+    """
+
+    def __init__(self, z_dim: int, c_cardinalities: Sequence[int], hidden: int = 64) -> None:
+        super().__init__()
+        if not c_cardinalities or min(c_cardinalities) < 1:
+            raise ValueError(f"c_cardinalities must be a non-empty list of positive ints, got {list(c_cardinalities)}")
+        self.cardinalities = [int(k) for k in c_cardinalities]
+        self.trunk = nn.Sequential(nn.Linear(z_dim, hidden), nn.ReLU())
+        self.heads = nn.ModuleList(nn.Linear(hidden, k) for k in self.cardinalities)
+
+    def forward(self, z: Tensor) -> list[Tensor]:
+        """log q(. | z) for each column: [B, cardinality_k] log-probabilities."""
+        r = self.trunk(z)
+        return [torch.log_softmax(head(r), dim=1) for head in self.heads]
+
+    def _check(self, z: Tensor, c: Tensor) -> None:
+        if c.dim() != 2 or c.shape[1] != len(self.cardinalities) or c.shape[0] != z.shape[0]:
+            raise ValueError(f"c must have shape [{z.shape[0]}, {len(self.cardinalities)}], got {list(c.shape)}")
+
+    def critic_loss(self, z: Tensor, c: Tensor, y: Tensor | None = None) -> Tensor:
+        self._check(z, c)
+        c = c.long()
+        nll = [-logq.gather(1, c[:, k : k + 1]).squeeze(1) for k, logq in enumerate(self(z))]
+        return torch.stack(nll, dim=1).sum(dim=1).mean()
+
+    def mi(self, z: Tensor, c: Tensor, y: Tensor | None = None) -> Tensor:
+        self._check(z, c)
+        _check_strata(y, z.shape[0])
+        c = c.long()
+        total = z.new_zeros(())
+        for k, logq in enumerate(self._frozen(z)):
+            positive = logq.gather(1, c[:, k : k + 1]).squeeze(1)
+            freq = stratum_mean(nn.functional.one_hot(c[:, k], logq.shape[1]).to(logq.dtype), y)
+            negative = (freq * logq).sum(dim=1)
+            total = total + (positive - negative).mean()
+        return total
+
+
 class NCECLUB(MIEstimator):
     """CLUB whose q(c_j | z_i) is an in-batch softmax over critic scores f(z, c) = <g(z), h(c)>.
 
@@ -160,19 +213,44 @@ class NCECLUB(MIEstimator):
             self.c_width = c_dim
             self.h = _mlp(c_dim, hidden, hidden)
 
-    def forward(self, z: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-        """The critic's embeddings g(z) [B, hidden] and h(c) [B, hidden]."""
+    def _check(self, z: Tensor, c: Tensor) -> None:
         if c.dim() != 2 or c.shape[1] != self.c_width or c.shape[0] != z.shape[0]:
             raise ValueError(f"c must have shape [{z.shape[0]}, {self.c_width}], got {list(c.shape)}")
+
+    def forward(self, z: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        """The critic's embeddings g(z) [B, hidden] and h(c) [B, hidden]."""
+        self._check(z, c)
         return self.g(z), self.h(c)
 
     def critic_loss(self, z: Tensor, c: Tensor, y: Tensor | None = None) -> Tensor:
+        if isinstance(self.h, SumOfEmbeddings):
+            return self._categorical_critic_loss(z, c, y)
         gz, hc = self(z, c)
         scores = gz @ hc.T
         if y is not None:
             _check_strata(y, scores.shape[0])
             scores = scores.masked_fill(y[:, None] != y[None, :], float("-inf"))
         return -(scores.diagonal() - torch.logsumexp(scores, dim=1)).mean()
+
+    def _categorical_critic_loss(self, z: Tensor, c: Tensor, y: Tensor | None) -> Tensor:
+        """The InfoNCE loss above, in O(B * U) for the U distinct rows of a categorical c.
+
+        Columns j of the B x B score matrix with equal c_j are equal, so row i's logsumexp over j is
+        logsumexp_u(f(z_i, c_u) + log n_u), n_u counting the rows (of i's stratum) with c_j = c_u.
+        """
+        self._check(z, c)
+        distinct, which, counts = torch.unique(c, dim=0, return_inverse=True, return_counts=True)
+        scores = self.g(z) @ self.h(distinct).T  # [B, U]
+        if y is None:
+            log_counts = counts.to(scores.dtype).log()[None, :]
+        else:
+            _check_strata(y, z.shape[0])
+            _, stratum = torch.unique(y, return_inverse=True)
+            per_stratum = scores.new_zeros(int(stratum.max()) + 1, distinct.shape[0])
+            per_stratum.index_put_((stratum, which), torch.ones_like(scores[:, 0]), accumulate=True)
+            log_counts = per_stratum.log()[stratum]  # -inf where c_u does not occur in i's stratum
+        positive = scores.gather(1, which[:, None]).squeeze(1)
+        return -(positive - torch.logsumexp(scores + log_counts, dim=1)).mean()
 
     def mi(self, z: Tensor, c: Tensor, y: Tensor | None = None) -> Tensor:
         gz, hc = self._frozen(z, c)
@@ -188,11 +266,18 @@ def make_mi_estimator(
     c_dim: int | None = None,
     hidden: int = 64,
 ) -> MIEstimator:
-    """Build an estimator by name. ``club`` needs continuous c (``c_dim``); ``nce_club`` takes either."""
+    """Build an estimator by name, for categorical c (``c_cardinalities``) or continuous c (``c_dim``).
+
+    ``club``: a softmax q per column (``CategoricalCLUB``) or a diagonal Gaussian q (``CLUB``);
+    ``nce_club``: the in-batch softmax critic, for either.
+    """
+    if kind not in ("club", "nce_club"):
+        raise ValueError(f"unknown MI estimator {kind!r}; expected 'club' or 'nce_club'")
+    if (c_cardinalities is None) == (c_dim is None):
+        raise ValueError("give exactly one of c_cardinalities (categorical c) and c_dim (continuous c)")
     if kind == "club":
-        if c_dim is None or c_cardinalities is not None:
-            raise ValueError("the 'club' estimator models continuous c: give c_dim and no c_cardinalities")
+        if c_cardinalities is not None:
+            return CategoricalCLUB(z_dim, c_cardinalities, hidden)
+        assert c_dim is not None
         return CLUB(z_dim, c_dim, hidden)
-    if kind == "nce_club":
-        return NCECLUB(z_dim, c_cardinalities=c_cardinalities, c_dim=c_dim, hidden=hidden)
-    raise ValueError(f"unknown MI estimator {kind!r}; expected 'club' or 'nce_club'")
+    return NCECLUB(z_dim, c_cardinalities=c_cardinalities, c_dim=c_dim, hidden=hidden)

@@ -1,11 +1,21 @@
 """The training objective wrapped around a model: what TorchRec's pipeline calls each step.
 
     teacher / base:   BCE(y, s)
-    student:          BCE(y, s) + lambda * KD(y_soft, s) + beta * I_hat(Z; C)   (+ the critic's own loss)
+    student:          BCE(y, s) + lambda_t * KD(y_soft, s) + beta_t * I_hat(Z; C)
 
-The critic's loss is computed on Z.detach() and the penalty with the critic's parameters
-detached (``distrec.causal.mi``), so a single backward trains the critic to fit q(c | z) and the
-student to remove the confounder information it finds.
+lambda_t and beta_t follow their warm-up schedules (``distill.schedule``, ``crl.warmup_steps``) over
+the count of training steps, a buffer of ``Loss``. The critic of I_hat is not part of that loss: it
+alternates with the student. Each training forward first gives the critic ``crl.critic_steps``
+updates of its own Adam (``crl.critic_lr``) on Z.detach(), then evaluates the penalty with the
+critic's parameters detached (``distrec.causal.mi``), so the backward reaches Z but never the
+critic, and the critic is left out of the main optimiser.
+
+Under DistributedModelParallel the critic stays a replica per rank, kept identical by hand: its
+gradients are all-reduced in the forward, each rank weighted by its live rows, and every rank takes
+the same step (none when no rank has a live row). DDP (which DMP wraps the dense parameters in, with
+``static_graph=True``) sees the critic's parameters get no gradient in any backward, treats them as
+globally unused and leaves their ``.grad`` alone; tests/test_objective.py checks this under a real
+2-rank DMP and TrainPipelineSparseDist.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from distrec.causal.losses import distillation_loss, weighted_bce
@@ -20,18 +31,32 @@ from distrec.causal.mi import make_mi_estimator
 from distrec.config import CRLConfig, DistillConfig
 from distrec.data.batch import Batch
 
+COMPONENTS = ("bce", "kd", "mi", "critic")
+"""What ``StepOutput.components`` holds, unweighted: BCE, KD, the MI estimate, the critic's loss."""
+
 
 class StepOutput(NamedTuple):
     loss: torch.Tensor
     logits: torch.Tensor
     labels: torch.Tensor
     weights: torch.Tensor
+    components: torch.Tensor  # [len(COMPONENTS)], 0 for the terms a model does not have
+
+
+def warmup_factor(step: torch.Tensor, warmup_steps: int) -> torch.Tensor:
+    """min(1, step / warmup_steps): 0 at the first step, 1 from step ``warmup_steps`` on (1 if 0)."""
+    if warmup_steps <= 0:
+        return torch.ones((), dtype=torch.float32, device=step.device)
+    return (step.to(torch.float32) / warmup_steps).clamp(max=1.0)
 
 
 class Loss(nn.Module):
-    """All loss terms, in a module of its own: TorchRec's pipeline FX-traces the model's forward
-    and treats modules without sharded children as opaque leaves, so the data-dependent code
-    here stays out of the trace."""
+    """All loss terms and the critic's updates, in a module of its own: TorchRec's pipeline
+    FX-traces the model's forward and treats modules without sharded children as opaque leaves,
+    so the data-dependent code here (and the critic's optimiser steps) stays out of the trace.
+
+    ``forward(logits, z, batch) -> (loss, components)``.
+    """
 
     def __init__(
         self,
@@ -43,31 +68,111 @@ class Loss(nn.Module):
         super().__init__()
         self.distill = distill if distill is not None and distill.weight > 0 else None
         self.crl = crl if crl is not None and crl.beta > 0 and confounder_cardinalities else None
-        self.critic = (
-            make_mi_estimator(
-                self.crl.estimator,
-                z_dim=representation_dim,
+        self.critic = None
+        if self.crl is not None:
+            if representation_dim is None:
+                raise ValueError("crl needs a model that exposes its representation Z (the 'mlp' architecture)")
+            self.critic = make_mi_estimator(
+                self.crl.estimator,  # type: ignore[arg-type]
+                representation_dim,
                 c_cardinalities=confounder_cardinalities,
                 hidden=self.crl.critic_hidden,
             )
-            if self.crl is not None
-            else None
+        self.lambda_warmup = (
+            self.distill.warmup_steps if self.distill is not None and self.distill.schedule == "linear_warmup" else 0
         )
+        self.beta_warmup = self.crl.warmup_steps if self.crl is not None else 0
+        # training steps with a live row on some rank; counted only when something depends on it
+        self.counts_steps = self.critic is not None or self.lambda_warmup > 0 or self.beta_warmup > 0
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.process_group: dist.ProcessGroup | None = None  # None: the default group, if initialised
+        self._critic_optimizer: torch.optim.Optimizer | None = None
 
-    def forward(self, logits: torch.Tensor, z: torch.Tensor | None, batch: Batch) -> torch.Tensor:
-        loss = weighted_bce(logits, batch.labels, batch.weights)
+    def coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lambda_t, beta_t) at the current step count."""
+        lam = self.distill.weight if self.distill is not None else 0.0
+        beta = self.crl.beta if self.crl is not None else 0.0
+        return lam * warmup_factor(self.step, self.lambda_warmup), beta * warmup_factor(self.step, self.beta_warmup)
+
+    def forward(self, logits: torch.Tensor, z: torch.Tensor | None, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        training = self.training and torch.is_grad_enabled()
+        local_weight = batch.weights.sum()
+        # padding batches (all weights 0) must move neither the critic nor the student
+        live = (local_weight > 0).to(logits.dtype)
+        global_weight = self._global_sum(local_weight.detach().reshape(1)) if training and self.counts_steps else None
+        lam, beta = (c.to(logits.device, logits.dtype) for c in self.coefficients())
+
+        bce = weighted_bce(logits, batch.labels, batch.weights)
+        loss = bce
+        zero = torch.zeros((), dtype=logits.dtype, device=logits.device)
+        kd = mi = critic_loss = zero
         if self.distill is not None:
             target = batch.soft_labels.mean(dim=1)
             kd = distillation_loss(logits, target, self.distill.loss, self.distill.temperature, batch.weights)
-            loss = loss + self.distill.weight * kd
+            loss = loss + lam * kd
         if self.critic is not None and self.crl is not None and z is not None:
             y = batch.labels if self.crl.conditional else None
-            # padding batches (all weights 0) must move neither the critic nor the student
-            live = (batch.weights.sum() > 0).to(logits.dtype)
-            penalty = self.critic.mi(z, batch.confounders, y=y)
-            critic_loss = self.critic.critic_loss(z.detach(), batch.confounders, y=y)
-            loss = loss + live * (self.crl.beta * penalty + critic_loss)
-        return loss
+            if global_weight is not None:
+                critic_loss = self._train_critic(z.detach(), batch.confounders, y, local_weight, global_weight)
+            mi = self.critic.mi(z, batch.confounders, y=y)
+            loss = loss + live * beta * mi
+        if global_weight is not None and global_weight.item() > 0:
+            self.step += 1
+        components = torch.stack([bce, kd, mi, critic_loss]).detach() * live
+        return loss, components
+
+    def _global_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """The sum of ``x`` over the ranks (a copy of ``x`` when not distributed)."""
+        x = x.clone()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size(self.process_group) > 1:
+            dist.all_reduce(x, group=self.process_group)
+        return x
+
+    def _train_critic(
+        self,
+        z: torch.Tensor,
+        c: torch.Tensor,
+        y: torch.Tensor | None,
+        local_weight: torch.Tensor,
+        global_weight: torch.Tensor,
+    ) -> torch.Tensor:
+        """``crl.critic_steps`` Adam steps on the critic's loss over every rank's live rows.
+
+        Each step's gradient is sum_r w_r g_r / sum_r w_r over ranks r with live-row weight w_r, so
+        every replica takes the same step; no step when no rank has a live row. Returns the loss
+        before the first step (the critic's fit on rows it has not trained on yet), 0 on padding.
+        """
+        assert self.critic is not None and self.crl is not None
+        params = list(self.critic.parameters())
+        if self._critic_optimizer is None:
+            self._critic_optimizer = torch.optim.Adam(params, lr=self.crl.critic_lr)
+        first = torch.zeros((), dtype=z.dtype, device=z.device)
+        if global_weight.item() <= 0:  # every rank skips together: global_weight is the same everywhere
+            return first
+        local_live = local_weight.item() > 0
+        for k in range(self.crl.critic_steps):
+            if local_live:
+                loss = self.critic.critic_loss(z, c, y)
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                flat = torch.cat(
+                    [
+                        (g if g is not None else torch.zeros_like(p)).reshape(-1)
+                        for g, p in zip(grads, params, strict=True)
+                    ]
+                )
+                flat = flat * local_weight.to(flat.dtype)
+                if k == 0:
+                    first = loss.detach()
+            else:
+                flat = torch.zeros(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
+            flat = self._global_sum(flat) / global_weight.to(flat.dtype)
+            offset = 0
+            for p in params:
+                p.grad = flat[offset : offset + p.numel()].view_as(p)
+                offset += p.numel()
+            self._critic_optimizer.step()
+            self._critic_optimizer.zero_grad(set_to_none=True)
+        return first
 
 
 class Objective(nn.Module):
@@ -90,5 +195,6 @@ class Objective(nn.Module):
             logits, z = self.model.logits_and_representation(batch)
         else:
             logits, z = self.model(batch), None
-        loss = self.loss(logits, z, batch)
-        return loss, StepOutput(loss.detach(), logits.detach(), batch.labels, batch.weights)
+        out = self.loss(logits, z, batch)
+        loss, components = out[0], out[1]  # indexing, not unpacking: ``out`` is a Proxy under FX tracing
+        return loss, StepOutput(loss.detach(), logits.detach(), batch.labels, batch.weights, components)
