@@ -196,5 +196,5 @@ def student_variants(config: Config, teachers: list[str]) -> list[tuple[ModelCon
 
 
 def _training_summary(metrics: dict[str, object]) -> dict[str, object]:
-    keep = ("train_loss", "rows", "seconds", "plan")
+    keep = ("train_loss", "train_bce", "train_kd", "train_mi", "train_critic", "rows", "seconds", "plan")
     return {k: metrics[k] for k in keep if k in metrics}
