@@ -15,28 +15,10 @@ from distrec.data.schema import SPLITS, Manifest
 from distrec.data.synth import synthesize
 from distrec.data.validate import read_parquet_checked
 from distrec.errors import ConfigError
+from distrec.eval.metrics import auc
 
 ROWS = 60_000
 ITEMS = 300
-
-
-def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Rank-based ROC AUC (Mann-Whitney U) with tied scores given their average rank."""
-    positive = labels > 0.5
-    order = np.argsort(scores, kind="stable")
-    ranks = np.empty(len(scores))
-    ranks[order] = np.arange(1, len(scores) + 1)
-    _, tie_group, tie_count = np.unique(scores, return_inverse=True, return_counts=True)
-    ranks = (np.bincount(tie_group, weights=ranks) / tie_count)[tie_group]
-    n_pos = positive.sum()
-    n_neg = len(labels) - n_pos
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def test_auc_helper() -> None:
-    assert auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4])) == 1.0
-    assert auc(np.array([1, 0, 1, 0]), np.array([0.1, 0.2, 0.3, 0.4])) == 0.25
-    assert auc(np.array([0, 1, 0, 1]), np.array([1.0, 1.0, 1.0, 1.0])) == 0.5
 
 
 def read_split(root: Path, manifest: Manifest, split: str) -> pa.Table:
