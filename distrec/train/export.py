@@ -53,20 +53,58 @@ def write_export(directory: Path, spec: dict[str, Any], manifest: Manifest, stat
     atomic_write_json(directory / SPEC, {**spec, "manifest": manifest.to_json()})
 
 
-def load_export(directory: str | Path) -> tuple[nn.Module, dict[str, Any], Manifest]:
-    """Rebuild an exported model on CPU, unsharded, in eval mode."""
+def read_export(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """An export's spec and its unsharded weights (tensors only: ``weights_only=True``)."""
     directory = Path(directory)
     spec_path, weights_path = directory / SPEC, directory / WEIGHTS
     for path in (spec_path, weights_path):
         if not path.is_file():
             raise CheckpointError(f"{path}: missing; is {directory} a distrec model export?")
-    spec = json.loads(spec_path.read_text())
+    try:
+        spec = json.loads(spec_path.read_text())
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    except (ValueError, RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"{directory}: unreadable model export: {exc}") from exc
+    return spec, state
+
+
+def load_export(directory: str | Path) -> tuple[nn.Module, dict[str, Any], Manifest]:
+    """Rebuild an exported model on CPU, unsharded, in eval mode."""
+    spec, state = read_export(directory)
     manifest = Manifest(**spec["manifest"])
     model = build_model(spec["arch"], spec["name"], manifest, spec["dim"], spec["hidden"], torch.device("cpu"))
     try:
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"{weights_path}: cannot be loaded into {spec['arch']!r}: {exc}") from exc
+    except RuntimeError as exc:
+        raise CheckpointError(f"{directory}: cannot be loaded into {spec['arch']!r}: {exc}") from exc
     model.eval()
     return model, spec, manifest
+
+
+def load_unsharded(module: nn.Module, state: dict[str, torch.Tensor], prefix: str) -> None:
+    """Copy an unsharded export into a (possibly sharded) module in place: a warm start.
+
+    Each rank copies only the slices its local shards cover, so an export taken on any world size
+    or sharding plan loads into any other. ``prefix`` is the module path of the model inside
+    ``module`` (``model.`` under the training objective), as in ``gather_state_dict``.
+    """
+    targets = {k[len(prefix) :]: v for k, v in module.state_dict().items() if k.startswith(prefix)}
+    missing, unexpected = sorted(set(targets) - set(state)), sorted(set(state) - set(targets))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"warm start: export does not match the model: missing {missing}, unexpected {unexpected}"
+        )
+    with torch.no_grad():
+        for key, target in targets.items():
+            source = state[key]
+            if tuple(source.shape) != tuple(target.size()):
+                raise CheckpointError(
+                    f"warm start: {key} has shape {tuple(source.shape)}, the model {tuple(target.size())}"
+                )
+            if isinstance(target, ShardedTensor):
+                for shard in target.local_shards():
+                    meta = shard.metadata
+                    index = tuple(slice(o, o + s) for o, s in zip(meta.shard_offsets, meta.shard_sizes, strict=True))
+                    shard.tensor.copy_(source[index])
+            else:
+                target.copy_(source)
