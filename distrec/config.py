@@ -47,6 +47,9 @@ class ModelConfig:
     bootstrap: bool = False  # Poisson(1) row weights: an online bootstrap sample of the logs
     # Embedding table rows per sparse feature (default: its id cardinality); fewer rows hash the ids.
     table_rows: dict[str, int] = field(default_factory=dict)
+    # A model export directory (models/<name>/ of an earlier run) to start from: a warm start,
+    # from any world size or sharding plan. A checkpoint of the same run takes precedence.
+    warm_start: str | None = None
 
 
 @dataclass

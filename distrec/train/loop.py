@@ -21,7 +21,7 @@ import torch.distributed as dist
 from distrec.config import CRLConfig, DistillConfig, ModelConfig, TrainConfig
 from distrec.data.batch import Batch, BatchBuilder
 from distrec.data.schema import Manifest
-from distrec.train.export import gather_state_dict, write_export
+from distrec.train.export import gather_state_dict, load_unsharded, read_export, write_export
 from distrec.train.objective import COMPONENTS
 from distrec.train.sharding import describe_plan
 
@@ -130,6 +130,8 @@ def train_worker(task: WorkerTask) -> None:
     if resumed is not None:
         with resumed.as_directory() as directory:
             progress = checkpoint.load(dmp, optimizer, Path(directory) / "dcp", control)
+    elif spec.warm_start:
+        load_unsharded(dmp, read_export(spec.warm_start)[1], prefix="model.")
 
     def save(metrics: dict[str, Any], name: str, final: bool) -> None:
         """Every rank writes its DCP shards; rank 0 adds the unsharded export to the final one."""
