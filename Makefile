@@ -22,8 +22,13 @@ test-all: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check distrec tests benchmarks
-	$(VENV)/bin/ruff format --check distrec tests benchmarks
+	$(VENV)/bin/ruff check distrec tests benchmarks scripts
+	$(VENV)/bin/ruff format --check distrec tests benchmarks scripts
+
+# Throughput and memory ratios; prints one JSON line last and writes docs/performance.md.
+# Quick variant (< 5 min on 2 cores): make bench BENCH_ARGS=--quick
+bench: $(STAMP)
+	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
