@@ -1,0 +1,159 @@
+"""(e) Peak memory of the streaming data path on a large log against a log ten times smaller.
+
+"A run" is the soft-label stream, the part of distrec that must stay bounded whatever the log size:
+``soft_label_stream`` (Ray Data: read the training Parquet -> a ``TeacherScorer`` stage adding the
+front-door column of one teacher) consumed batch by batch into ``BatchBuilder``, as the student's
+feed does. Each size runs in a fresh interpreter with its own embedded Ray (``ray_session``, the
+local defaults), so nothing carries over. A background thread samples the summed RSS of that
+interpreter and all its descendants (Ray's GCS, raylet, workers, actors) from /proc; the kernel's
+per-process peak (VmHWM) gives the largest single process. Both datasets are the synthetic default
+(2000 users, 1000 items, histories of 20) at two sizes; the teacher is a freshly initialised DeepFM
+of ``jobs/local.yaml`` with a history bank of 8 (memory does not depend on the weights, and a small
+bank keeps the 10M-row run short; the bank size changes compute, not what is buffered).
+
+The synthetic logs roll files at 1M rows, so the large log also has larger files (and Ray Data
+blocks) than the small one. The full run therefore adds a third pass, the large log rewritten with
+the small log's file size (same rows, same values), reported as ``ratio_same_file_size``: it
+separates growth with the number of rows from growth with the size of a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.common import REPO, TreeMemory, load_average, ratio, synthetic
+
+BANK_SIZE = 8
+
+
+def _prepare(out: Path, rows: int, rows_per_file: int | None = None) -> list[str]:
+    """Dataset, teacher export and history bank for one log; returns the child's arguments."""
+    import torch
+
+    from distrec.config import load_config
+    from distrec.data.schema import Manifest
+    from distrec.models.architectures import build_model
+    from distrec.orchestrate.stream import write_history_bank
+    from distrec.train.export import write_export
+
+    root = synthetic(out, rows, rows_per_file=rows_per_file)
+    manifest = Manifest.read(root)
+    spec = load_config(REPO / "jobs" / "local.yaml").teachers[0]
+    work = out / f"memory-{root.name}"
+    torch.manual_seed(0)
+    model = build_model(spec.arch, spec.name, manifest, spec.dim, list(spec.hidden), torch.device("cpu"))
+    export = {"name": spec.name, "arch": spec.arch, "dim": spec.dim, "hidden": list(spec.hidden)}
+    write_export(work / "teacher", export, manifest, model.state_dict())
+    bank = write_history_bank(manifest, str(root), BANK_SIZE, 0, work / "bank.parquet")
+    teacher = (work / "teacher").resolve()
+    return ["--root", str(root.resolve()), "--teacher", str(teacher), "--bank", str(bank.resolve())]
+
+
+def _measure(out: Path, rows: int, args: list[str]) -> dict[str, object]:
+    log = Path(args[args.index("--teacher") + 1]).parent / "child.log"
+    started = time.perf_counter()
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.memory", *args], cwd=REPO, stdout=sink, stderr=subprocess.STDOUT
+        )
+        with TreeMemory(proc.pid, interval=0.5) as memory:
+            code = proc.wait()
+    if code != 0:
+        raise RuntimeError(f"benchmarks.memory child failed ({code}); see {log}")
+    lines = [line for line in log.read_text().splitlines() if line.startswith('{"rows"')]
+    child = json.loads(lines[-1])
+    result = {"dataset_rows": rows, **child, "wall_seconds": round(time.perf_counter() - started, 1), **memory.as_mib()}
+    print(f"[bench] memory {rows}: {result}", flush=True)
+    return result
+
+
+def run(out: Path, quick: bool) -> dict[str, object]:
+    small, large = (200_000, 2_000_000) if quick else (1_000_000, 10_000_000)
+    args = {rows: _prepare(out, rows) for rows in (small, large)}
+    small_files = _train_file_rows(out, small)
+    same = None if quick else _prepare(out, large, rows_per_file=small_files)
+    load_before = load_average()
+    runs = {rows: _measure(out, rows, args[rows]) for rows in (small, large)}
+    s, big = runs[small], runs[large]
+    extra: dict[str, object] = {}
+    if same is not None:
+        run_same = _measure(out, large, same)
+        extra = {
+            "ratio_same_file_size": ratio([run_same["peak_rss_sum_mib"]], [s["peak_rss_sum_mib"]]),  # type: ignore[list-item]
+            "ratio_same_file_size_max_single_process": ratio(
+                [run_same["peak_single_mib"]],  # type: ignore[list-item]
+                [s["peak_single_mib"]],  # type: ignore[list-item]
+            ),
+            "large_same_file_size": {**run_same, "rows_per_file": small_files},
+        }
+    return {
+        "ratio": ratio([big["peak_rss_sum_mib"]], [s["peak_rss_sum_mib"]]),  # type: ignore[list-item]
+        "ratio_max_single_process": ratio([big["peak_single_mib"]], [s["peak_single_mib"]]),  # type: ignore[list-item]
+        "ratio_anon_sum": ratio([big["peak_anon_sum_mib"]], [s["peak_anon_sum_mib"]]),  # type: ignore[list-item]
+        "sizes": [small, large],
+        "bank_size": BANK_SIZE,
+        "small": s,
+        "large": big,
+        "file_rows": {"small": small_files, "large": _train_file_rows(out, large)},
+        **extra,
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
+    }
+
+
+def _train_file_rows(out: Path, rows: int) -> int:
+    """Rows in the largest training file of the default-layout log of ``rows`` rows."""
+    import pyarrow.parquet as pq
+
+    from distrec.data.schema import Manifest
+
+    root = synthetic(out, rows)
+    return max(pq.ParquetFile(f).metadata.num_rows for f in Manifest.read(root).files(root, "train"))
+
+
+def child(root: str, teacher: str, bank: str, batch_size: int) -> dict[str, object]:
+    """One streamed pass over the training logs in a fresh embedded Ray (run in a subprocess)."""
+    from distrec.loopback import bind_local_ray_to_loopback
+
+    bind_local_ray_to_loopback()
+    from ray.train import Checkpoint
+
+    from distrec.config import RayConfig
+    from distrec.data.batch import BatchBuilder
+    from distrec.data.schema import Manifest
+    from distrec.orchestrate.pipeline import ray_session
+    from distrec.orchestrate.stream import front_door_column, soft_label_stream
+
+    manifest = Manifest.read(root)
+    files = [str(f) for f in manifest.files(root, "train")]
+    with ray_session(RayConfig()):
+        checkpoint = Checkpoint.from_directory(teacher)
+        stream = soft_label_stream(files, BatchBuilder(manifest).columns, {"t": checkpoint}, Path(bank), batch_size)
+        name = json.loads(Path(teacher, "model.json").read_text())["name"]
+        builder = BatchBuilder(manifest, [front_door_column(name)])
+        rows, started = 0, time.perf_counter()
+        for table in stream.iter_batches(batch_size=batch_size, batch_format="pyarrow", prefetch_batches=2):
+            rows += builder(table).size
+        seconds = time.perf_counter() - started
+    if rows != manifest.rows["train"]:
+        raise RuntimeError(f"streamed {rows} rows, expected {manifest.rows['train']}")
+    return {"rows": rows, "seconds": round(seconds, 1), "rows_per_s": round(rows / seconds)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="one streamed pass (the child of benchmark (e))")
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--teacher", required=True)
+    parser.add_argument("--bank", required=True)
+    parser.add_argument("--batch-size", type=int, default=1024)
+    args = parser.parse_args()
+    print(json.dumps(child(args.root, args.teacher, args.bank, args.batch_size)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""``docs/performance.md``: the figures of one ``benchmarks.run`` command, its machine, and a reading."""
+
+from __future__ import annotations
+
+import importlib
+import time
+
+from benchmarks.run import BENCHMARKS
+
+TARGETS = {"a": (">=", 0.5), "b": (">=", 2.0), "c": (">=", 0.8), "d": (">=", 1.6), "e": ("<=", 1.2)}
+
+
+def _met(key: str, value: object) -> str:
+    if not isinstance(value, (int, float)):
+        return "failed"
+    op, target = TARGETS[key]
+    return "yes" if (value >= target if op == ">=" else value <= target) else "no"
+
+
+def _n(x: object) -> str:
+    return f"{x:,}" if isinstance(x, int) else str(x)
+
+
+def _rows(details: dict[str, dict[str, object]]) -> list[tuple[str, ...]]:
+    rows = []
+    for key, d in sorted(details.items()):
+        name = BENCHMARKS[key][0]
+        op, target = TARGETS[key]
+        if key == "a":
+            measured = f"{_n(d.get('batch_rows_per_s'))} rows/s to Batch"
+            reference = f"{_n(d.get('raw_rows_per_s'))} rows/s raw scan"
+            size = f"{_n(d.get('rows'))} rows (of a {_n(d.get('dataset_rows'))}-row log), batch {d.get('batch_size')}"
+        elif key == "b":
+            measured = f"{_n(d.get('torchrec_samples_per_s'))} samples/s TorchRec fused"
+            reference = f"{_n(d.get('plain_samples_per_s'))} samples/s EmbeddingBag + SparseAdam"
+            size = f"tables {d.get('tables')}, batch {d.get('batch_size')}"
+            if d.get("table_rows_target") and str(d["table_rows_target"]) not in str(d.get("tables")):
+                size += f" (reduced from {_n(d['table_rows_target'])} rows to fit the available memory)"
+        elif key == "c":
+            measured = f"{_n(d.get('stream_samples_per_s'))} samples/s on the stream"
+            reference = f"{_n(d.get('precomputed_samples_per_s'))} samples/s precomputed"
+            size = f"{_n(d.get('rows'))} rows, {d.get('workers')} workers, bank {d.get('bank_size')}"
+        elif key == "d":
+            measured = f"{_n(d.get('two_workers_samples_per_s'))} samples/s, 2 workers"
+            reference = f"{_n(d.get('one_worker_samples_per_s'))} samples/s, 1 worker"
+            size = f"{_n(d.get('rows'))} rows, {d.get('model')}"
+        else:
+            small, large = d.get("small", {}), d.get("large", {})
+            measured = f"{large.get('peak_rss_sum_mib')} MiB on {_n(d.get('sizes', [0, 0])[1])} rows"  # type: ignore[union-attr,index]
+            reference = f"{small.get('peak_rss_sum_mib')} MiB on {_n(d.get('sizes', [0, 0])[0])} rows"  # type: ignore[union-attr,index]
+            size = "synthetic logs (train split streamed)"
+        rows.append((name, str(d.get("ratio")), f"{op} {target}", _met(key, d.get("ratio")), measured, reference, size))
+    return rows
+
+
+def _reading(details: dict[str, dict[str, object]], info: dict[str, object]) -> list[str]:
+    """One paragraph per figure: this run's numbers, and what we found limits each ratio."""
+    out = []
+    a, b, c, d, e = (details.get(k, {}) for k in "abcde")
+    cores = info.get("nproc")
+    if a:
+        out.append(
+            f"**(a) reader {a.get('ratio')}** ({_n(a.get('batch_rows_per_s'))} vs {_n(a.get('raw_rows_per_s'))} "
+            "rows/s). Both sides decode the same Parquet; building a Batch adds, per "
+            f"{a.get('batch_size')}-row batch, about a dozen small numpy/Arrow calls (a Table wrap, null "
+            "checks, a min/max range check per id column, the history flatten, the KJT's "
+            "`from_lengths_sync`, the float matrices with a finiteness check): no single dominant cost, "
+            "a fixed ~0.2 ms per batch that larger batches amortise."
+            + (
+                f" The reader is far from limiting training: it builds batches "
+                f"{a['batch_rows_per_s'] / d['one_worker_samples_per_s']:.0f}x faster than one worker trains "  # type: ignore[operator]
+                "the demo teacher (d)."
+                if d.get("one_worker_samples_per_s") and a.get("batch_rows_per_s")
+                else ""
+            )
+        )
+    if b:
+        out.append(
+            f"**(b) TorchRec fused vs plain {b.get('ratio')}** (tables {b.get('tables')}; the design notes "
+            "measured ~1.9x for 4 x 2M x 64). The fused path runs one fbgemm table-batched lookup for all "
+            "tables and applies row-wise Adagrad inside the backward, touching only the looked-up rows; "
+            "the reference builds sparse COO gradients, coalesces them and runs SparseAdam, whose two "
+            "moment tables are as large as the embeddings. Part of the gap is the optimizer: against "
+            "plain sparse Adagrad (the closest plain optimizer to row-wise Adagrad) the ratio is "
+            f"{b.get('ratio_vs_plain_adagrad')}. Larger tables widen the gap (more cache misses for the "
+            "plain optimizers' state)."
+        )
+    if c:
+        score_ms = 1000 / c["scoring_rows_per_s"]  # type: ignore[operator]
+        train_ms = 1000 * c["workers"] / c["precomputed_samples_per_s"]  # type: ignore[operator]
+        out.append(
+            f"**(c) stream vs precomputed {c.get('ratio')}** ({_n(c.get('stream_samples_per_s'))} vs "
+            f"{_n(c.get('precomputed_samples_per_s'))} samples/s). The stream adds the teachers' scoring to "
+            f"the student's work: with a bank of {c.get('bank_size')} each teacher's head runs "
+            f"{c.get('bank_size')} times per row; on one thread, scoring with all teachers ran at "
+            f"{_n(c.get('scoring_rows_per_s'))} rows/s ({score_ms:.2f} core-ms per row), against "
+            f"{train_ms:.2f} core-ms per row for the {c.get('workers')}-worker student on precomputed "
+            f"labels. On {cores} cores the scorer actors and the student's workers share the same CPUs; "
+            f"from these timings no overlap can do much better than {c.get('shared_cores_bound')} (a rough "
+            "bound: the timings are medians taken between the fits on a machine whose load varies). "
+            "The rest of the gap is the stream's warm-up inside the trainer's clock: the "
+            "scorer actors start, import torch, load their teacher and encode the bank before the first "
+            "batch arrives (tens of seconds on a loaded machine), a fixed cost that weighs less on longer "
+            "logs. The 0.8 target needs the scorers on cores (or GPUs) of their own, or a cheaper "
+            "front-door estimate (a smaller bank); the streaming itself is not the bottleneck."
+        )
+    if d:
+        out.append(
+            f"**(d) 2 vs 1 worker {d.get('ratio')}** ({_n(d.get('two_workers_samples_per_s'))} vs "
+            f"{_n(d.get('one_worker_samples_per_s'))} samples/s; load average {d.get('load_average_before')} "
+            f"before and {d.get('load_average_after')} after, on {cores} cores). The demo teacher's tables "
+            "are tiny (2,000 users, 1,000 items, 16 tags, 16 dims), so sharding them saves no work, while "
+            "every step of a 2-worker run adds gloo collectives (the embedding all-to-alls forward and "
+            "backward, the dense gradient all-reduce, the lockstep flag) in which each rank waits for the "
+            "slower one. With a load average above the core count the two workers rarely hold a core "
+            "each at the same moment, so this figure measures the machine's contention as much as "
+            "distrec; the 1.6 target presumes two idle cores, and larger models or tables (more compute "
+            "per collective) scale better."
+        )
+    if e:
+        small, large = e.get("small", {}), e.get("large", {})
+        sizes = e.get("sizes", [0, 0])
+        out.append(
+            f"**(e) memory {e.get('ratio')}** ({_n(sizes[0])} vs {_n(sizes[1])} rows, "  # type: ignore[index]
+            f"{_n(small.get('rows'))} vs {_n(large.get('rows'))} streamed). Summed RSS over the "  # type: ignore[union-attr]
+            f"driver and every Ray process peaked at {small.get('peak_rss_sum_mib')} vs "  # type: ignore[union-attr]
+            f"{large.get('peak_rss_sum_mib')} MiB (anonymous memory only: ratio {e.get('ratio_anon_sum')}). "  # type: ignore[union-attr]
+            "Most of it is fixed: Ray's GCS, raylet and pre-started workers, and every Python process's "
+            "torch and Arrow libraries (RSS counts shared library pages once per process). The largest "
+            f"single process, {small.get('peak_single_process')} / {large.get('peak_single_process')}, "  # type: ignore[union-attr]
+            f"peaked at {small.get('peak_single_mib')} vs {large.get('peak_single_mib')} MiB "  # type: ignore[union-attr]
+            f"(ratio {e.get('ratio_max_single_process')}). A Parquet read task holds a file's decoded row "
+            "groups and its output blocks, and a scorer actor an input and an output block, so their peaks "
+            "should follow the size of a file (up to Ray Data's 128 MiB block cap), not the number of rows: the "
+            "synthetic logs roll files at 1M rows, so the training files hold "
+            f"{_n(e.get('file_rows', {}).get('small'))} rows in the small log and "  # type: ignore[union-attr]
+            f"{_n(e.get('file_rows', {}).get('large'))} in the large one."  # type: ignore[union-attr]
+            + (
+                f" Rewritten with the small log's file size, the large log peaked at "
+                f"{e['large_same_file_size']['peak_rss_sum_mib']} MiB summed, ratio "  # type: ignore[index]
+                f"**{e['ratio_same_file_size']}** (largest process ratio "
+                f"{e.get('ratio_same_file_size_max_single_process')}): "
+                + (
+                    "with the file size held fixed, ten times the rows costs little more memory; the "
+                    "stream is bounded by Ray Data's backpressure, and what grows is the per-file working set."
+                    if float(e["ratio_same_file_size"]) <= 1.2  # type: ignore[arg-type]
+                    else "memory still grows with the rows at a fixed file size: more than per-file buffering "
+                    "is growing (see results.json for the per-process figures)."
+                )
+                if "ratio_same_file_size" in e
+                else " (The full run adds a pass of the large log rewritten with the small log's file size.)"
+            )
+        )
+    return out
+
+
+def render(
+    command: str,
+    info: dict[str, object],
+    details: dict[str, dict[str, object]],
+    errors: dict[str, str],
+    summary: dict[str, object],
+) -> str:
+    lines = [
+        "# Performance",
+        "",
+        "Generated by `make bench` (`python -m benchmarks.run`); rerun it rather than editing this file. Every "
+        "figure is a ratio against a reference measured in the same command (medians of interleaved repeats), "
+        "because the machine is shared and absolute speeds drift from one minute to the next.",
+        "",
+        f"- command: `{command}`" + (" (quick: smaller sizes, fewer repeats)" if summary.get("quick") else ""),
+        f"- finished: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, wall time {summary.get('seconds')} s",
+        f"- machine: {info.get('nproc')} cores ({info.get('cpu_model')}), {info.get('memory_gib')} GiB; "
+        f"load average (1/5/15 min) {info.get('load_average_start')} at the start, "
+        f"{info.get('load_average_end')} at the end",
+        f"- versions: Python {info.get('python')}, torch {info.get('torch')}, torchrec {info.get('torchrec')}, "
+        f"fbgemm-gpu-cpu {info.get('fbgemm_gpu_cpu')}, Ray {info.get('ray')}, pyarrow {info.get('pyarrow')}",
+        "",
+        "| figure | ratio | target | met | measured | reference | sizes |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in _rows(details)]
+    lines += ["", "## Reading", ""]
+    for paragraph in _reading(details, info):
+        lines += [paragraph, ""]
+    if errors:
+        lines += ["## Failures", ""]
+        for key, trace in errors.items():
+            lines += [f"({key}) {BENCHMARKS[key][0]}:", "", "```", trace.strip()[-2000:], "```", ""]
+    lines += ["## What each figure compares", ""]
+    for key in sorted(details):
+        doc = (importlib.import_module(BENCHMARKS[key][1]).__doc__ or "").strip()
+        lines += [f"### {doc.splitlines()[0]}", "", *doc.splitlines()[2:], ""]
+    lines += [
+        "Raw per-repeat figures are in `bench_out/results.json`. Reproduce with the command above "
+        "(`make bench`, or `make bench BENCH_ARGS=--quick`).",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,151 @@
+"""``python -m benchmarks.run [--quick] [--only a,b,...] [--out bench_out]`` (``make bench``).
+
+Runs the benchmarks, writes ``docs/performance.md`` (atomically) and prints one JSON object as the
+last line of output. Every figure is a ratio against a reference measured in the same command:
+
+    a  reader_vs_raw           Parquet -> Batch (KJT) rows/s  /  raw pyarrow scan rows/s
+    b  torchrec_vs_plain       TorchRec fused teacher training samples/s  /  nn.EmbeddingBag + SparseAdam
+    c  stream_vs_precomputed   student samples/s on the live soft-label stream  /  on precomputed labels
+    d  two_vs_one_worker       teacher samples/s with 2 Ray Train workers  /  with 1
+    e  rss_10m_vs_1m           peak RSS of the streamed data path on the large log  /  on a 10x smaller one
+
+``--quick`` uses smaller sizes and fewer repeats (under 5 minutes on 2 cores); the JSON and the
+document say which sizes were used.
+"""
+
+from __future__ import annotations
+
+from distrec.loopback import bind_local_ray_to_loopback
+
+bind_local_ray_to_loopback()  # before anything imports ray
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import json  # noqa: E402
+import shlex  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from benchmarks.common import REPO, load_average, machine_info  # noqa: E402
+
+BENCHMARKS = {
+    "a": ("reader_vs_raw", "benchmarks.reader"),
+    "b": ("torchrec_vs_plain", "benchmarks.embeddings"),
+    "c": ("stream_vs_precomputed", "benchmarks.stream"),
+    "d": ("two_vs_one_worker", "benchmarks.scaling"),
+    "e": ("rss_10m_vs_1m", "benchmarks.memory"),
+}
+NEEDS_RAY = {"c", "d"}  # in this process; (b) and (e) start their own interpreters
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (< 5 min on 2 cores)")
+    parser.add_argument("--only", default="a,b,c,d,e", help="comma-separated subset of a,b,c,d,e")
+    parser.add_argument("--out", default="bench_out", help="cached datasets, logs and results.json")
+    parser.add_argument(
+        "--doc", default=None, help="where to write the report (default: docs/performance.md for a full set)"
+    )
+    args = parser.parse_args(argv)
+    selected = [k.strip() for k in args.only.split(",") if k.strip()]
+    unknown = [k for k in selected if k not in BENCHMARKS]
+    if unknown:
+        parser.error(f"--only: unknown benchmarks {unknown}; choose from {sorted(BENCHMARKS)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    full_set = len(selected) == len(BENCHMARKS)
+    doc = Path(args.doc) if args.doc else (REPO / "docs" if full_set else out) / "performance.md"
+    command = shlex.join(["python", "-m", "benchmarks.run", *(argv if argv is not None else sys.argv[1:])])
+
+    from distrec.config import RayConfig
+    from distrec.orchestrate.pipeline import ray_session
+
+    started = time.perf_counter()
+    info = {**machine_info(), "load_average_start": load_average()}
+    details: dict[str, dict[str, object]] = {}
+    errors: dict[str, str] = {}
+    for key in [k for k in "ab" if k in selected]:
+        details[key] = _one(key, out, args.quick, errors)
+    if NEEDS_RAY & set(selected):
+        with ray_session(RayConfig()):  # one embedded Ray (the local defaults) for (c) and (d)
+            for key in [k for k in "dc" if k in selected]:
+                details[key] = _one(key, out, args.quick, errors)
+    if "e" in selected:  # last, with no Ray of ours running: it measures its own
+        details["e"] = _one("e", out, args.quick, errors)
+    info["load_average_end"] = load_average()
+    seconds = round(time.perf_counter() - started, 1)
+
+    summary: dict[str, object] = {BENCHMARKS[k][0]: details[k].get("ratio") for k in sorted(details)}
+    summary.update(_absolute(details))
+    summary.update(
+        {
+            "quick": args.quick,
+            "sizes": _sizes(details),
+            "seconds": seconds,
+            "load_average": [info["load_average_start"], info["load_average_end"]],
+            "nproc": info["nproc"],
+        }
+    )
+    if errors:
+        summary["errors"] = {BENCHMARKS[k][0]: e.splitlines()[-1][:300] for k, e in errors.items()}
+    from benchmarks.report import render
+    from distrec.io import atomic_write_json, atomic_write_text
+
+    atomic_write_json(out / "results.json", {"command": command, "machine": info, "details": details, **summary})
+    atomic_write_text(doc, render(command, info, details, errors, summary))
+    print(f"[bench] wrote {doc} and {out / 'results.json'} in {seconds}s", flush=True)
+    print(json.dumps(summary), flush=True)
+    return 1 if errors else 0
+
+
+def _one(key: str, out: Path, quick: bool, errors: dict[str, str]) -> dict[str, object]:
+    name, module = BENCHMARKS[key]
+    print(f"[bench] ({key}) {name} ...", flush=True)
+    started = time.perf_counter()
+    try:
+        result = importlib.import_module(module).run(out, quick)
+    except Exception:
+        errors[key] = traceback.format_exc()
+        print(f"[bench] ({key}) {name} FAILED:\n{errors[key]}", flush=True)
+        result = {"ratio": None}
+    result["wall_seconds"] = round(time.perf_counter() - started, 1)
+    print(f"[bench] ({key}) {name} = {result.get('ratio')} ({result['wall_seconds']}s)", flush=True)
+    return result
+
+
+def _absolute(details: dict[str, dict[str, object]]) -> dict[str, object]:
+    """A few absolute figures beside the ratios (rows/s, samples/s, MiB)."""
+    keys = {
+        "a": ("batch_rows_per_s", "raw_rows_per_s"),
+        "b": ("torchrec_samples_per_s", "plain_samples_per_s", "ratio_vs_plain_adagrad"),
+        "c": ("stream_samples_per_s", "precomputed_samples_per_s"),
+        "d": ("two_workers_samples_per_s", "one_worker_samples_per_s"),
+        "e": ("ratio_max_single_process", "ratio_anon_sum", "ratio_same_file_size"),
+    }
+    out: dict[str, object] = {}
+    for k, names in keys.items():
+        for n in names:
+            if k in details and n in details[k]:
+                out[f"{k}_{n}"] = details[k][n]
+    if "e" in details and "small" in details["e"]:
+        for size in ("small", "large"):
+            out[f"e_{size}_peak_rss_sum_mib"] = details["e"][size]["peak_rss_sum_mib"]  # type: ignore[index]
+    return out
+
+
+def _sizes(details: dict[str, dict[str, object]]) -> dict[str, object]:
+    sizes: dict[str, object] = {}
+    for k, d in details.items():
+        if "sizes" in d:
+            sizes[k] = d["sizes"]
+        elif "tables" in d:
+            sizes[k] = d["tables"]
+        elif "dataset_rows" in d:
+            sizes[k] = d["dataset_rows"]
+    return sizes
+
+
+if __name__ == "__main__":
+    sys.exit(main())

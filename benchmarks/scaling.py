@@ -1,0 +1,69 @@
+"""(d) Teacher training samples/s with 2 Ray Train workers against 1 worker.
+
+Both sides are the same ``distrec.orchestrate.trainers.fit`` call (one epoch of the first teacher of
+``jobs/local.yaml`` on the same synthetic training logs, each rank reading its own share of the files
+with ``ShardReader``, fit's default without a dataset), differing only in ``train.num_workers``; runs
+alternate 1, 2, 2, 1, ... Throughput is the trainer's own ``rows`` /
+``seconds`` metrics (``distrec.train.loop``: from the first batch request after the model is sharded
+to the end of the epoch), so Ray start-up, worker-group start-up and sharding are not counted.
+The load average is recorded around the runs: on a shared machine it says how many cores were free.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+from benchmarks.common import REPO, interleave, load_average, median, ratio, synthetic
+
+
+def fit_throughput(task: object, out: Path, dataset: object = None) -> float:
+    """rows / seconds as the trainer reports them, from a fresh storage path (no resuming)."""
+    from distrec.orchestrate.trainers import fit
+
+    storage = (out / "ray" / uuid.uuid4().hex[:8]).resolve()
+    try:
+        metrics = fit(task, str(storage), dataset).metrics  # type: ignore[arg-type]
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
+    print(f"[bench] {task.model.name}: {metrics['rows']} rows in {metrics['seconds']:.1f}s", flush=True)  # type: ignore[attr-defined]
+    return metrics["rows"] / metrics["seconds"]
+
+
+def run(out: Path, quick: bool) -> dict[str, object]:
+    from distrec.config import load_config
+    from distrec.data.schema import Manifest
+    from distrec.train.loop import WorkerTask
+
+    rows = 200_000 if quick else 1_000_000
+    repeats = 1 if quick else 2
+    config = load_config(REPO / "jobs" / "local.yaml")
+    root = synthetic(out, rows)
+    manifest = Manifest.read(root)
+    teacher = config.teachers[0]
+
+    def side(workers: int) -> float:
+        task = WorkerTask(
+            model=teacher,
+            train=replace(config.train, num_workers=workers, epochs=1),
+            dataset=str(root.resolve()),
+        )
+        return fit_throughput(task, out)
+
+    load_before = load_average()
+    results = interleave({"one": lambda: side(1), "two": lambda: side(2)}, repeats)
+    return {
+        "ratio": ratio(results["two"], results["one"]),
+        "two_workers_samples_per_s": round(median(results["two"])),
+        "one_worker_samples_per_s": round(median(results["one"])),
+        "model": f"{teacher.arch} dim {teacher.dim} hidden {teacher.hidden}",
+        "rows": manifest.rows["train"],
+        "dataset_rows": rows,
+        "batch_size": config.train.batch_size,
+        "repeats": repeats,
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
+        "samples": {k: [round(v) for v in vs] for k, vs in results.items()},
+    }

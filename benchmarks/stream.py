@@ -1,0 +1,154 @@
+"""(c) Student samples/s fed by the live soft-label stream against precomputed soft labels.
+
+Both sides are one epoch of the ``jobs/local.yaml`` student (BCE + front-door KD + CRL) through
+``distrec.orchestrate.trainers.fit`` with the same worker count, on the same training logs:
+
+- ``stream``: ``soft_label_stream`` (Ray Data: read Parquet -> one ``TeacherScorer`` actor per teacher
+  adding its front-door column) passed to ``fit``: scoring runs concurrently with training.
+- ``precomputed``: the same stream written to Parquet once beforehand (not timed; cached under the
+  output directory, keyed by the teachers' weights and the bank), then ``ray.data.read_parquet``
+  of it (the student's columns only) passed to ``fit``.
+
+The teachers are freshly initialised exports of the ``jobs/local.yaml`` teachers (DeepFM, DCN):
+scoring costs the same whatever the weights, and this skips training them. Throughput is the
+trainer's own ``rows`` / ``seconds`` metrics, so Ray and worker start-up are not counted; the
+stream's own start-up (scorer actors loading the teachers and encoding the history bank) is, since
+the student waits for it. The ratio is what the live stream costs the student.
+
+To explain the ratio, a third interleaved side times the scoring alone in this process on one
+thread (every teacher's ``TeacherScorer`` on the same few batches): ``scoring_rows_per_s``. When the
+stream and the student share the same cores, no overlap can beat ``cores / (workers +
+precomputed_rate / scoring_rate)`` (the student's workers each keeping one core busy): that rough
+bound is reported as ``shared_cores_bound``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from benchmarks.common import REPO, interleave, load_average, median, ratio, synthetic
+from benchmarks.scaling import fit_throughput
+
+
+def _teacher_exports(out: Path, config: object, manifest: object) -> dict[str, object]:
+    import torch
+    from ray.train import Checkpoint
+
+    from distrec.models.architectures import build_model
+    from distrec.train.export import write_export
+
+    checkpoints = {}
+    for seed, spec in enumerate(config.teachers):  # type: ignore[attr-defined]
+        torch.manual_seed(seed)
+        model = build_model(spec.arch, spec.name, manifest, spec.dim, list(spec.hidden), torch.device("cpu"))
+        directory = out / "teachers" / spec.name
+        export = {"name": spec.name, "arch": spec.arch, "dim": spec.dim, "hidden": list(spec.hidden)}
+        write_export(directory, export, manifest, model.state_dict())  # type: ignore[arg-type]
+        checkpoints[spec.name] = Checkpoint.from_directory(str(directory.resolve()))
+    return checkpoints
+
+
+def _scoring(teachers: dict[str, object], bank: Path, files: list[str], columns: list[str], batch_size: int) -> object:
+    """A function timing rows/s of scoring with every teacher (one after the other) on one thread."""
+    import pyarrow.parquet as pq
+    import torch
+
+    from distrec.orchestrate.stream import TeacherScorer
+
+    threads = torch.get_num_threads()
+    scorers = [TeacherScorer(ckpt, str(bank)) for ckpt in teachers.values()]  # type: ignore[arg-type]
+    torch.set_num_threads(threads)  # TeacherScorer sets one thread for its process; restore ours
+    table = pq.read_table(files[0], columns=columns)
+    batches = [table.slice(i * batch_size, batch_size) for i in range(8)]
+
+    def timed() -> float:
+        torch.set_num_threads(1)
+        try:
+            started = time.perf_counter()
+            for batch in batches:
+                for scorer in scorers:
+                    scorer(batch)
+            return sum(b.num_rows for b in batches) / (time.perf_counter() - started)
+        finally:
+            torch.set_num_threads(threads)
+
+    timed()  # warm-up
+    return timed
+
+
+def run(out: Path, quick: bool) -> dict[str, object]:
+    import ray
+
+    from distrec.config import load_config
+    from distrec.data.batch import BatchBuilder
+    from distrec.data.schema import Manifest
+    from distrec.io import atomic_dir
+    from distrec.orchestrate.stream import front_door_column, soft_label_stream, write_history_bank
+    from distrec.train.loop import WorkerTask
+
+    rows = 200_000 if quick else 500_000
+    repeats = 1 if quick else 2
+    config = load_config(REPO / "jobs" / "local.yaml")
+    root = synthetic(out, rows)
+    manifest = Manifest.read(root)
+    files = [str(f.resolve()) for f in manifest.files(root, "train")]
+    columns = BatchBuilder(manifest).columns
+    work = out / f"stream-{rows}"
+    teachers = _teacher_exports(work, config, manifest)
+    bank = write_history_bank(manifest, str(root), config.distill.bank_size, config.seed, work / "bank.parquet")
+    soft = [front_door_column(name) for name in teachers]
+
+    def stream() -> object:
+        return soft_label_stream(files, columns, teachers, bank, config.distill.score_batch_size)  # type: ignore[arg-type]
+
+    inputs = [f for f in sorted((work / "teachers").rglob("*")) if f.is_file()] + [bank]
+    digest = hashlib.sha1(b"".join(f.read_bytes() for f in inputs)).hexdigest()
+    precomputed = work / f"soft_labels-{digest[:10]}"  # keyed by the teachers' weights and the bank
+    if not precomputed.is_dir():
+        with atomic_dir(precomputed) as tmp:
+            stream().write_parquet(str(tmp))  # type: ignore[attr-defined]
+    scoring = _scoring(teachers, bank, files, columns, config.distill.score_batch_size)
+
+    def side(dataset: object) -> float:
+        task = WorkerTask(
+            model=config.student,
+            train=replace(config.train, epochs=1),
+            dataset=str(root.resolve()),
+            soft_label_columns=soft,
+            distill=config.distill,
+            crl=config.crl,
+        )
+        return fit_throughput(task, out, dataset)
+
+    load_before = load_average()
+    results = interleave(
+        {
+            "stream": lambda: side(stream()),
+            "precomputed": lambda: side(ray.data.read_parquet(str(precomputed), columns=columns + soft)),
+            "scoring": scoring,  # type: ignore[dict-item]
+        },
+        repeats,
+    )
+    cores, workers, pre = len(os.sched_getaffinity(0)), config.train.num_workers, median(results["precomputed"])
+    bound = min(1.0, cores / (workers + pre / median(results["scoring"])))
+    return {
+        "ratio": ratio(results["stream"], results["precomputed"]),
+        "shared_cores_bound": round(bound, 3),
+        "scoring_rows_per_s": round(median(results["scoring"])),
+        "stream_samples_per_s": round(median(results["stream"])),
+        "precomputed_samples_per_s": round(median(results["precomputed"])),
+        "teachers": [f"{t.arch} dim {t.dim} hidden {t.hidden}" for t in config.teachers],
+        "student": f"{config.student.arch} dim {config.student.dim} hidden {config.student.hidden}",
+        "workers": config.train.num_workers,
+        "bank_size": config.distill.bank_size,
+        "rows": manifest.rows["train"],
+        "dataset_rows": rows,
+        "repeats": repeats,
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
+        "samples": {k: [round(v) for v in vs] for k, vs in results.items()},
+    }
