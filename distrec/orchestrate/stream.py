@@ -96,7 +96,7 @@ def soft_label_stream(
             fn_constructor_kwargs={"checkpoint": checkpoint, "bank_path": str(bank_path)},
             batch_size=batch_size,
             batch_format="pyarrow",
-            concurrency=1,
+            compute=ray.data.ActorPoolStrategy(size=1),
             num_cpus=1,
         )
     return ds
