@@ -15,8 +15,9 @@ torch thread (as ``distrec.train.loop`` sets), alternating blocks of steps:
   gradients), the plain optimizer closest to the fused row-wise Adagrad.
 
 Four tables of ``rows x 64`` (user, item + history, a context and an item-side feature), uniformly
-drawn ids, histories of 0..20 items: the embedding path dominates. Training data comes from memory,
-so data loading is not part of either figure (see benchmark (a) for that).
+drawn ids, histories of 0..20 items: the embedding path dominates. ``rows`` is 2M (500k with
+``--quick``), or fewer when the machine's available memory would not hold all three sides.
+Training data comes from memory, so data loading is not part of either figure (see (a) for that).
 """
 
 from __future__ import annotations

@@ -105,6 +105,8 @@ def _reading(details: dict[str, dict[str, object]], info: dict[str, object]) -> 
             "front-door estimate (a smaller bank); the streaming itself is not the bottleneck."
         )
     if d:
+        loads = [d.get("load_average_before") or [0.0], d.get("load_average_after") or [0.0]]
+        busy = max(float(x[0]) for x in loads) > float(cores or 1) + 1  # type: ignore[index,arg-type]
         out.append(
             f"**(d) 2 vs 1 worker {d.get('ratio')}** ({_n(d.get('two_workers_samples_per_s'))} vs "
             f"{_n(d.get('one_worker_samples_per_s'))} samples/s; load average {d.get('load_average_before')} "
@@ -112,10 +114,16 @@ def _reading(details: dict[str, dict[str, object]], info: dict[str, object]) -> 
             "are tiny (2,000 users, 1,000 items, 16 tags, 16 dims), so sharding them saves no work, while "
             "every step of a 2-worker run adds gloo collectives (the embedding all-to-alls forward and "
             "backward, the dense gradient all-reduce, the lockstep flag) in which each rank waits for the "
-            "slower one. With a load average above the core count the two workers rarely hold a core "
-            "each at the same moment, so this figure measures the machine's contention as much as "
-            "distrec; the 1.6 target presumes two idle cores, and larger models or tables (more compute "
-            "per collective) scale better."
+            "slower one. "
+            + (
+                "With a load average above the core count the two workers rarely hold a core each at the "
+                "same moment, so this figure measures the machine's contention as much as distrec; "
+                if busy
+                else "The machine was close to idle here, so this is mostly distrec's own cost on this "
+                "small model: the collectives outweigh the halved compute per worker; "
+            )
+            + "the 1.6 target presumes two idle cores, and larger models or tables (more compute per "
+            "collective) scale better."
         )
     if e:
         out.append(_memory_reading(e))
@@ -185,7 +193,8 @@ def render(
         "because the machine is shared and absolute speeds drift from one minute to the next.",
         "",
         f"- command: `{command}`" + (" (quick: smaller sizes, fewer repeats)" if summary.get("quick") else ""),
-        f"- finished: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, wall time {summary.get('seconds')} s",
+        f"- finished: {summary.get('finished') or time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"wall time {summary.get('seconds')} s",
         f"- machine: {info.get('nproc')} cores ({info.get('cpu_model')}), {info.get('memory_gib')} GiB; "
         f"load average (1/5/15 min) {info.get('load_average_start')} at the start, "
         f"{info.get('load_average_end')} at the end",

@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick,
             "sizes": _sizes(details),
             "seconds": seconds,
+            "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "load_average": [info["load_average_start"], info["load_average_end"]],
             "nproc": info["nproc"],
         }
