@@ -78,35 +78,17 @@ def _batches(manifest: object, table_rows: int, batch_size: int, count: int) -> 
 def _torchrec_step(manifest: object, batches: list[object], batch_size: int) -> object:
     """``train_worker``'s construction, minus Ray: returns a function running one pipelined step."""
     import torch
-    import torch.distributed as dist
-    from torchrec.distributed.model_parallel import DistributedModelParallel, get_default_sharders
     from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
-    from torchrec.distributed.types import ShardingEnv
-    from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
-    from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
-    from torchrec.optim.optimizers import in_backward_optimizer_filter
 
-    from distrec.config import TrainConfig
-    from distrec.models.architectures import build_model
-    from distrec.models.base import embedding_modules
-    from distrec.train.loop import _sparse_optimizer
-    from distrec.train.objective import Objective
-    from distrec.train.sharding import make_planner
+    from distrec.config import ModelConfig, TrainConfig
+    from distrec.train.loop import WorkerTask, build_training
 
-    train = TrainConfig()
-    model = build_model("deepfm", "t", manifest, DIM, HIDDEN, torch.device("meta"))  # type: ignore[arg-type]
-    objective = Objective(model)
-    tables = [p for m in embedding_modules(model) for p in m.parameters()]
-    apply_optimizer_in_backward(_sparse_optimizer(train.sparse_optimizer), tables, {"lr": train.sparse_lr})
-    planner = make_planner(objective, 1, "cpu", [], batch_size)
-    plan = planner.collective_plan(objective, get_default_sharders(), dist.GroupMember.WORLD)
-    dmp = DistributedModelParallel(
-        objective, env=ShardingEnv.from_process_group(dist.GroupMember.WORLD), device=torch.device("cpu"), plan=plan
+    task = WorkerTask(
+        model=ModelConfig(name="t", arch="deepfm", dim=DIM, hidden=list(HIDDEN)),
+        train=TrainConfig(num_workers=1, batch_size=batch_size),
+        dataset="",
     )
-    dense = dict(in_backward_optimizer_filter(dmp.named_parameters()))
-    optimizer = CombinedOptimizer(
-        [dmp.fused_optimizer, KeyedOptimizerWrapper(dense, lambda ps: torch.optim.Adam(ps, lr=train.dense_lr))]
-    )
+    dmp, optimizer, _, _ = build_training(task, manifest, 1, torch.device("cpu"))  # type: ignore[arg-type]
     pipeline = TrainPipelineSparseDist(dmp, optimizer, torch.device("cpu"), execute_all_batches=True)
     feed = itertools.cycle(batches)
 

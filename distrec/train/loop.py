@@ -64,7 +64,7 @@ def _template_batch(manifest: Manifest, root: str, builder: BatchBuilder) -> Bat
     return builder(table)
 
 
-def _build(task: WorkerTask, manifest: Manifest, world: int, device: torch.device) -> tuple[Any, Any, Any, Any]:
+def build_training(task: WorkerTask, manifest: Manifest, world: int, device: torch.device) -> tuple[Any, Any, Any, Any]:
     """Meta-device model -> fused sparse optimizer -> collective plan -> DMP -> combined optimizer."""
     from torchrec.distributed.model_parallel import DistributedModelParallel, get_default_sharders
     from torchrec.distributed.types import ShardingEnv
@@ -115,7 +115,7 @@ def train_worker(task: WorkerTask) -> None:
     device = device_for(task.train.device, context.get_local_rank())
     torch.manual_seed(task.seed)
     manifest = Manifest.read(task.dataset).with_table_rows(dict(task.model.table_rows))
-    dmp, optimizer, plan, spec = _build(task, manifest, world, device)
+    dmp, optimizer, plan, spec = build_training(task, manifest, world, device)
     pipeline = TrainPipelineSparseDist(dmp, optimizer, device, execute_all_batches=True)
     control = dist.new_group(backend="gloo")  # CPU side channel (lockstep flags, DCP), also under nccl
 
