@@ -37,7 +37,7 @@ def _prepare(out: Path, rows: int, rows_per_file: int | None = None) -> list[str
 
     from distrec.config import load_config
     from distrec.data.schema import Manifest
-    from distrec.models.architectures import build_model
+    from distrec.models.architectures import model_from_config
     from distrec.orchestrate.stream import write_history_bank
     from distrec.train.export import write_export
 
@@ -46,7 +46,7 @@ def _prepare(out: Path, rows: int, rows_per_file: int | None = None) -> list[str
     spec = load_config(REPO / "jobs" / "local.yaml").teachers[0]
     work = out / f"memory-{root.name}"
     torch.manual_seed(0)
-    model = build_model(spec.arch, spec.name, manifest, spec.dim, list(spec.hidden), torch.device("cpu"))
+    model = model_from_config(spec, manifest, torch.device("cpu"))
     export = {"name": spec.name, "arch": spec.arch, "dim": spec.dim, "hidden": list(spec.hidden)}
     write_export(work / "teacher", export, manifest, model.state_dict())
     bank = write_history_bank(manifest, str(root), BANK_SIZE, 0, work / "bank.parquet")

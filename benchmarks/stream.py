@@ -36,20 +36,18 @@ from benchmarks.scaling import fit_throughput
 
 def _teacher_exports(out: Path, config: object, manifest: object) -> dict[str, object]:
     import torch
-    from ray.train import Checkpoint
 
-    from distrec.models.architectures import build_model
-    from distrec.train.export import write_export
+    from distrec.models.architectures import model_from_config
+    from distrec.train.export import export_spec, write_export
 
-    checkpoints = {}
+    exports = {}
     for seed, spec in enumerate(config.teachers):  # type: ignore[attr-defined]
         torch.manual_seed(seed)
-        model = build_model(spec.arch, spec.name, manifest, spec.dim, list(spec.hidden), torch.device("cpu"))
+        model = model_from_config(spec, manifest, torch.device("cpu"))
         directory = out / "teachers" / spec.name
-        export = {"name": spec.name, "arch": spec.arch, "dim": spec.dim, "hidden": list(spec.hidden)}
-        write_export(directory, export, manifest, model.state_dict())  # type: ignore[arg-type]
-        checkpoints[spec.name] = Checkpoint.from_directory(str(directory.resolve()))
-    return checkpoints
+        write_export(directory, export_spec(spec), manifest, model.state_dict())  # type: ignore[arg-type]
+        exports[spec.name] = str(directory.resolve())
+    return exports
 
 
 def _scoring(teachers: dict[str, object], bank: Path, files: list[str], columns: list[str], batch_size: int) -> object:
@@ -60,7 +58,7 @@ def _scoring(teachers: dict[str, object], bank: Path, files: list[str], columns:
     from distrec.orchestrate.stream import TeacherScorer
 
     threads = torch.get_num_threads()
-    scorers = [TeacherScorer(ckpt, str(bank)) for ckpt in teachers.values()]  # type: ignore[arg-type]
+    scorers = [TeacherScorer(export, str(bank)) for export in teachers.values()]  # type: ignore[arg-type]
     torch.set_num_threads(threads)  # TeacherScorer sets one thread for its process; restore ours
     table = pq.read_table(files[0], columns=columns)
     batches = [table.slice(i * batch_size, batch_size) for i in range(8)]

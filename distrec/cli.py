@@ -1,4 +1,4 @@
-"""The ``distrec`` command: data, run, plan, submit.
+"""The ``distrec`` command: data, run, tune, plan, submit.
 
 Exit codes: 0 success, 1 other failure, 2 bad data, 3 bad configuration, 4 bad checkpoint.
 """
@@ -24,6 +24,7 @@ def _data_synth(args: argparse.Namespace) -> None:
         days=args.days,
         history_len=args.history_len,
         confounding=args.confounding,
+        activity=args.activity,
         random_fraction=args.random_fraction,
         seed=args.seed,
         overwrite=args.overwrite,
@@ -36,9 +37,11 @@ def _data_synth(args: argparse.Namespace) -> None:
 _IMPORT_FLAGS = {
     **{name: name for name in ("user_col", "item_col", "label_col", "time_col", "time_unit", "policy_col")},
     **{name: name for name in ("propensity_col", "random_col", "label_threshold", "ood", "history_len")},
-    **{name: name for name in ("partition", "valid_fraction", "test_fraction", "name")},
+    **{name: name for name in ("partition", "valid_fraction", "test_fraction", "split", "name")},
     "confounder_col": "confounder_cols",
     "sparse_col": "sparse_cols",
+    "position_col": "position_col",
+    "derive_confounders": "derive_confounders",
 }
 
 
@@ -56,15 +59,41 @@ def _data_import(args: argparse.Namespace) -> None:
 
 def _run(args: argparse.Namespace) -> None:
     from distrec.config import load_config
+    from distrec.errors import ConfigError
+    from distrec.loopback import bind_local_ray_to_loopback
+
+    resume = Path(args.resume) if args.resume else None
+    if resume is not None:
+        saved = (
+            resume / "config.yaml"
+            if resume.name.endswith(".partial")
+            else resume.with_name(resume.name + ".partial") / "config.yaml"
+        )
+        if not saved.is_file():
+            raise ConfigError(f"--resume {resume}: no partial run there (no {saved})")
+        config = load_config(saved, args.overrides)
+    elif args.config is None:
+        raise ConfigError("distrec run needs a CONFIG (or --resume RUN_DIR)")
+    else:
+        config = load_config(args.config, args.overrides)
+    if config.ray.address is None:
+        bind_local_ray_to_loopback()
+    from distrec.orchestrate.pipeline import run
+
+    run_dir = run(config, resume=resume)
+    print(run_dir)
+
+
+def _tune(args: argparse.Namespace) -> None:
+    from distrec.config import load_config
     from distrec.loopback import bind_local_ray_to_loopback
 
     config = load_config(args.config, args.overrides)
     if config.ray.address is None:
         bind_local_ray_to_loopback()
-    from distrec.orchestrate.pipeline import run
+    from distrec.orchestrate.tune import tune
 
-    run_dir = run(config)
-    print(run_dir)
+    print(tune(config))
 
 
 def _plan(args: argparse.Namespace) -> None:
@@ -105,11 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     synth = data.add_parser("synth", help="synthetic confounded logs with known ground truth")
     synth.add_argument("--out", required=True)
     synth.add_argument("--rows", type=int, required=True)
-    synth.add_argument("--users", type=int, default=2000)
-    synth.add_argument("--items", type=int, default=1000)
+    synth.add_argument("--users", type=int, default=600)
+    synth.add_argument("--items", type=int, default=400)
     synth.add_argument("--days", type=int, default=7)
     synth.add_argument("--history-len", type=int, default=20)
     synth.add_argument("--confounding", type=float, default=2.0)
+    synth.add_argument("--activity", type=float, default=1.0, help="lognormal sd of user activity [1.0]")
     synth.add_argument("--random-fraction", type=float, default=0.05)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--overwrite", action="store_true")
@@ -125,8 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument(  # names listed here, not imported: the parser stays free of numpy/pyarrow imports
         "--preset",
         metavar="NAME",
-        help="movielens (ratings.csv: rating >= 4, monthly partitions) or open-bandit (a Bernoulli-TS log; "
-        "--ood its uniform-random log); see distrec/data/presets.py",
+        help="movielens (ratings.csv: rating >= 4, per-user time split, monthly partitions) or open-bandit "
+        "(a Bernoulli-TS log; --ood its uniform-random log); see distrec/data/presets.py",
     )
     imp.add_argument("--user-col", help="[user_id]")
     imp.add_argument("--item-col", help="[item_id]")
@@ -136,22 +166,46 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--policy-col")
     imp.add_argument("--propensity-col")
     imp.add_argument("--random-col", help="boolean column: exposure chosen uniformly at random")
+    imp.add_argument("--position-col", help="slot/position of the exposure; gives the confounder conf_position")
     imp.add_argument("--label-threshold", type=float, help="label = value >= threshold (e.g. 4 for ratings)")
     imp.add_argument("--ood", help="a separately supplied out-of-distribution test log, same columns")
     imp.add_argument("--confounder-col", action="append", help="observed confounder (repeatable)")
     imp.add_argument("--sparse-col", action="append", help="extra categorical feature (repeatable)")
+    imp.add_argument(
+        "--no-derived-confounders",
+        dest="derive_confounders",
+        action="store_false",
+        default=None,
+        help="do not derive conf_policy, conf_position, conf_propensity from the policy, position, propensity columns",
+    )
     imp.add_argument("--history-len", type=int, help="[20]")
     imp.add_argument("--partition", choices=["day", "month"], help="one Parquet partition per day or month [day]")
-    imp.add_argument("--valid-fraction", type=float, help="latest logged rows before test_id [0.1]")
-    imp.add_argument("--test-fraction", type=float, help="latest logged rows, the test_id split [0.1]")
+    imp.add_argument(  # choices spelled out here for the same reason; distrec.data.importer.SPLIT_MODES
+        "--split",
+        choices=["global-time", "per-user-time"],
+        help="cut the logged (non-random) rows by time over all users, or per user: each user's last rows "
+        "are test_id, those before them valid [global-time; movielens preset: per-user-time]",
+    )
+    imp.add_argument("--valid-fraction", type=float, help="latest logged rows (per user) before test_id [0.1]")
+    imp.add_argument("--test-fraction", type=float, help="latest logged rows (per user), the test_id split [0.1]")
     imp.add_argument("--name", help="dataset name in the manifest [the file's stem]")
     imp.add_argument("--overwrite", action="store_true")
     imp.set_defaults(func=_data_import)
 
     run = sub.add_parser("run", help="train teachers, stream soft labels, train the student, evaluate")
-    run.add_argument("config", help="YAML config, e.g. jobs/local.yaml")
+    run.add_argument("config", nargs="?", help="YAML config, e.g. jobs/local.yaml")
     run.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=2")
+    run.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a partial run (its config.yaml) without retraining finished models",
+    )
     run.set_defaults(func=_run)
+
+    tune = sub.add_parser("tune", help="search settings on Ray Tune, selected on valid (tune.target, tune.space)")
+    tune.add_argument("config")
+    tune.add_argument("overrides", nargs="*", help="e.g. 'tune.space={train.sparse_lr: [0.05, 0.1, 0.2]}'")
+    tune.set_defaults(func=_tune)
 
     plan = sub.add_parser("plan", help="print every model's sharding plan (dry run, no training)")
     plan.add_argument("config")

@@ -19,17 +19,24 @@ from distrec.io import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
-MODELS = ("base", "kd", "causald", "crl", "causald+crl")
-COMMON = ["ablation=true", "train.epochs=2"]
+ORDER = ("mf", "deepfm", "dcn", "base", "kd", "causald", "crl", "causald+crl")
+COMMON = ["ablation=true", "eval.peers=[mf]"]
+LARGE = ["data.synth.rows=2000000", "data.synth.users=2000", "data.synth.items=1000", "eval.peers=[mf]"]
 
 
-def experiments(seeds: list[int], rows: int) -> dict[str, list[list[str]]]:
-    synth = [[*COMMON, f"seed={s}", f"data.synth.seed={s}", f"data.synth.rows={rows}"] for s in seeds]
+def experiments(seeds: list[int]) -> dict[str, list[list[str]]]:
+    """Every experiment: the synthetic default, the 2M-row SCM (one seed: ~15 min) and the real logs."""
     return {
-        "synthetic": synth,
-        "movielens": [[*COMMON, "data.path=data/ml"]],
-        "open-bandit": [[*COMMON, "data.path=data/obd"]],
+        "synthetic": [[*COMMON, f"seed={s}", f"data.synth.seed={s}"] for s in seeds],
+        "synthetic-2m": [[*LARGE, "seed=0"]],
+        "movielens": [[*COMMON, "data.path=data/ml", f"seed={s}", "crl.beta=0"] for s in seeds],
+        "open-bandit": [[*COMMON, "data.path=data/obd", f"seed={s}"] for s in seeds],
     }
+
+
+def models_of(reports: list[dict]) -> list[str]:
+    names = [m for m in reports[0]["models"] if all(m in r["models"] for r in reports)]
+    return sorted(names, key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER))
 
 
 def imports() -> dict[str, tuple[Path, list[str]]]:
@@ -58,17 +65,45 @@ def mean_std(values: list[float | None]) -> str:
 
 
 def table(reports: list[dict], split: str, metrics: tuple[str, ...]) -> list[str]:
+    metrics = tuple(m for m in metrics if m in reports[0]["models"]["base"].get(split, {}))
     lines = ["| model | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
-    for model in MODELS:
+    for model in models_of(reports):
         cells = [mean_std([r["models"][model].get(split, {}).get(m) for r in reports]) for m in metrics]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    for truth in reports[0].get("ceilings", {}).get(split, {}):
+        cells = [mean_std([r["ceilings"][split][truth].get(m) for r in reports]) for m in metrics]
+        lines.append(f"| *ceiling: {truth}* | " + " | ".join(cells) + " |")
+    return lines
+
+
+def paired_table(reports: list[dict], metric: str) -> list[str]:
+    """model - base on the same seed (same data, same teachers): mean ± std of the paired differences."""
+    cols = [("test_id", None), ("test_ood", None), ("test_id", "q1"), ("test_id", "q5")]
+    cols = [c for c in cols if c[0] in reports[0]["models"]["base"]]
+    lines = [
+        "| model | " + " | ".join(f"{s}{' ' + g if g else ''}" for s, g in cols) + " |",
+        "|---" * (len(cols) + 1) + "|",
+    ]
+
+    def value(r: dict, model: str, split: str, group: str | None) -> float | None:
+        entry = r["models"][model].get(split, {})
+        return (entry.get("groups", {}).get(group, {}) if group else entry).get(metric)
+
+    for model in models_of(reports):
+        if model == "base":
+            continue
+        cells = []
+        for split, group in cols:
+            pairs = [(value(r, model, split, group), value(r, "base", split, group)) for r in reports]
+            cells.append(mean_std([a - b for a, b in pairs if a is not None and b is not None]))
+        lines.append(f"| {model} - base | " + " | ".join(cells) + " |")
     return lines
 
 
 def group_table(reports: list[dict], metric: str) -> list[str]:
     groups = ("q1", "q2", "q3", "q4", "q5")
     lines = [f"| model | {' | '.join(groups)} | q5 - q1 |", "|---" * 7 + "|"]
-    for model in MODELS:
+    for model in models_of(reports):
         cells = [mean_std([r["models"][model]["groups"][g].get(metric) for r in reports]) for g in groups]
         gap = mean_std([r["heterogeneity"][model]["head_tail_gap"].get(metric) for r in reports])
         lines.append(f"| {model} | " + " | ".join(cells) + f" | {gap} |")
@@ -86,11 +121,14 @@ def document(done: dict[str, list[tuple[list[str], Path]]], seconds: dict[str, f
         reports = [json.loads((d / "report.json").read_text()) for _, d in runs]
         out += [f"## {name}", "", f"{len(runs)} run(s), {seconds.get(name, 0):.0f} s in all. Commands:", ""]
         out += [f"    distrec run jobs/local.yaml {' '.join(args)}" for args, _ in runs] + [""]
+        metrics = ("auc", "gauc", "logloss", "ndcg@10", "causal_rmse", "causal_logloss")
         for split in ("test_id", "test_ood"):
             if all(split in r["models"]["base"] for r in reports):
-                out += [f"### {split}", "", *table(reports, split, ("auc", "gauc", "logloss", "ndcg@10")), ""]
+                out += [f"### {split}", "", *table(reports, split, metrics), ""]
         for metric in ("auc", "ndcg@10"):
             out += [f"### {metric} per activity group (test_id)", "", *group_table(reports, metric), ""]
+        if len(reports) > 1:
+            out += ["### AUC, paired difference against base (same seed)", "", *paired_table(reports, "auc"), ""]
     reading = previous[previous.index(READING) :] if READING in previous else f"{READING}\n\n(to be written)\n"
     return "\n".join(out) + "\n" + reading
 
@@ -98,7 +136,6 @@ def document(done: dict[str, list[tuple[list[str], Path]]], seconds: dict[str, f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--rows", type=int, default=100_000, help="synthetic rows per run")
     parser.add_argument("--only", nargs="*", help="experiments to run (default: all)")
     parser.add_argument("--out", default="docs/results.md")
     args = parser.parse_args()
@@ -107,7 +144,7 @@ def main() -> None:
             print(distrec("data", "import", *flags, "--out", out), flush=True)
     done: dict[str, list[tuple[list[str], Path]]] = {}
     seconds: dict[str, float] = {}
-    for name, runs in experiments(args.seeds, args.rows).items():
+    for name, runs in experiments(args.seeds).items():
         if args.only and name not in args.only:
             continue
         for overrides in runs:

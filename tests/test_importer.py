@@ -14,7 +14,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 
-from distrec.data.importer import import_interactions
+from distrec.data.importer import import_interactions, per_user_sizes
 from distrec.data.schema import Manifest
 from distrec.data.validate import read_parquet_checked
 from distrec.errors import ConfigError, DataError
@@ -198,6 +198,114 @@ def test_ood_file_random_flags_and_propensities(tmp_path: Path, caplog: pytest.L
     assert test_id[0]["ts"] == 50 and test_id[0]["hist_item_ids"] == [0, 1, 1]
 
 
+# row number: user, item, label, timestamp, is_random; a: 10 logged rows (two in the same second) and one
+# random row, b: 5, c: 2 (the latest rows of the log, all of them)
+PER_USER_LOG = {
+    1: ("a", 1, 1, 10, 0),
+    2: ("a", 2, 0, 20, 0),
+    3: ("a", 3, 1, 30, 0),
+    4: ("a", 4, 1, 30, 0),
+    5: ("a", 5, 0, 50, 0),
+    6: ("a", 1, 1, 55, 1),
+    7: ("a", 2, 1, 60, 0),
+    8: ("a", 3, 0, 70, 0),
+    9: ("a", 4, 1, 80, 0),
+    10: ("a", 5, 1, 90, 0),
+    11: ("a", 1, 0, 100, 0),
+    12: ("b", 1, 1, 15, 0),
+    13: ("b", 2, 1, 35, 0),
+    14: ("b", 3, 0, 65, 0),
+    15: ("b", 4, 1, 85, 0),
+    16: ("b", 5, 1, 105, 0),
+    17: ("c", 1, 1, 200, 0),
+    18: ("c", 2, 0, 210, 0),
+}
+PER_USER_FILE_ORDER = [18, 4, 11, 6, 13, 1, 16, 9, 2, 17, 7, 14, 3, 10, 5, 15, 8, 12]
+# valid 0.1, test 0.2 of each user's logged rows: a (10) 7/1/2, b (5) 3/1/1 (at least one each), c (2) all train
+PER_USER_SPLITS = {
+    "train": [1, 2, 3, 4, 5, 7, 8, 12, 13, 14, 17, 18],
+    "valid": [9, 15],
+    "test_id": [10, 11, 16],
+    "test_ood": [6],
+}
+
+
+def test_per_user_time_split(tmp_path: Path) -> None:
+    rows = [",".join(map(str, PER_USER_LOG[r])) for r in PER_USER_FILE_ORDER]
+    source = write_csv(tmp_path / "log.csv", "user,item,label,time,rnd", rows)
+    options = {"user_col": "user", "item_col": "item", "time_col": "time", "random_col": "rnd", "history_len": 20}
+    out = tmp_path / "out"
+    manifest = import_interactions(source, out, valid_fraction=0.1, test_fraction=0.2, split="per-user-time", **options)
+    assert manifest.rows == {s: len(r) for s, r in PER_USER_SPLITS.items()}
+    # rows are partitioned by their own time: here every split has the same (only) day
+    assert manifest.splits == {s: ["ds=1970-01-01"] for s in PER_USER_SPLITS}
+    assert manifest.source["split"] == "per-user-time"
+    assert (manifest.source["valid_fraction"], manifest.source["test_fraction"]) == (0.1, 0.2)
+    assert manifest.source["split_train_only_users"] == 1  # c
+
+    users = {"a": 0, "b": 1, "c": 2}  # raw ids in sorted order; items 1..5 are 0..4
+    key = {(users[u], i - 1, ts): r for r, (u, i, _, ts, _) in PER_USER_LOG.items()}
+    t = {
+        s: pa.concat_tables([read_parquet_checked(f, manifest) for f in manifest.files(out, s)])
+        for s in manifest.splits
+    }
+    got = {s: sorted(key[(r["user_id"], r["item_id"], r["ts"])] for r in t[s].to_pylist()) for s in t}
+    assert got == PER_USER_SPLITS
+    assert t["test_ood"]["is_random"].to_pylist() == [True]
+
+    # every user with 3+ logged rows is in train and test_id, and its rows are cut in time order
+    by_user = {s: t[s].group_by("user_id").aggregate([("ts", "min"), ("ts", "max")]).to_pydict() for s in t}
+    assert set(by_user["train"]["user_id"]) == {0, 1, 2} and set(by_user["test_id"]["user_id"]) == {0, 1}
+    ts = {
+        s: dict(zip(g["user_id"], zip(g["ts_min"], g["ts_max"], strict=True), strict=True)) for s, g in by_user.items()
+    }
+    for u in (0, 1):
+        assert ts["train"][u][1] <= ts["valid"][u][0] <= ts["valid"][u][1] <= ts["test_id"][u][0], u
+
+    # histories: the user's positives strictly before the row's time (the random row's click included),
+    # in time then file order; never the row itself, a same-second row or a later one
+    position = {r: n for n, r in enumerate(PER_USER_FILE_ORDER)}
+    for split, table in t.items():
+        for row in table.to_pylist():
+            me = key[(row["user_id"], row["item_id"], row["ts"])]
+            before = sorted(
+                (ts_, position[r], i - 1)
+                for r, (u, i, y, ts_, _) in PER_USER_LOG.items()
+                if users[u] == row["user_id"] and y == 1 and ts_ < row["ts"]
+            )
+            assert row["hist_item_ids"] == [i for *_, i in before], (split, me)
+    history = {key[(r["user_id"], r["item_id"], r["ts"])]: r["hist_item_ids"] for r in t["train"].to_pylist()}
+    assert history[3] == history[4] == [0]  # rows 3 and 4 share a second: neither sees the other
+
+    # the global cut of the same log puts c (the latest rows) in test_id only: a cold-start test user
+    glob = import_interactions(source, tmp_path / "global", valid_fraction=0.1, test_fraction=0.2, **options)
+    assert glob.source["split"] == "global-time" and "split_train_only_users" not in glob.source
+    assert glob.rows == {"train": 12, "valid": 2, "test_id": 3, "test_ood": 1}
+    test_users = pq.read_table(tmp_path / "global" / "test_id", columns=["user_id"])["user_id"].to_pylist()
+    assert sorted(test_users) == [1, 2, 2]
+
+
+def test_per_user_sizes_and_bad_split_options(tmp_path: Path) -> None:
+    counts = [0, 1, 2, 3, 4, 14, 15, 25, 100]
+    valid, test = per_user_sizes(np.array(counts), 0.1, 0.1)
+    assert valid.tolist() == test.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 10]  # round half to even, at least 1
+    valid, test = per_user_sizes(np.array([2, 3, 4, 5]), 0.45, 0.45)  # capped: one train row is left
+    assert test.tolist() == [0, 1, 2, 2] and valid.tolist() == [0, 1, 1, 2]
+    valid, test = per_user_sizes(np.array([1, 2, 10]), 0.0, 0.1)  # no valid split: 2 rows are enough
+    assert valid.tolist() == [0, 0, 0] and test.tolist() == [0, 1, 1]
+
+    source = write_csv(tmp_path / "log.csv", GOOD_HEADER, ["1,2,1,5", "1,3,0,6", "2,2,1,7", "2,3,1,8"])
+    with pytest.raises(ConfigError, match=r"split 'per-user': expected one of \['global-time', 'per-user-time'\]"):
+        import_interactions(source, tmp_path / "out", split="per-user")
+    with pytest.raises(
+        DataError, match=r"no user has the 3 non-random rows needed to fill split\(s\) \['valid', 'test_id'\]"
+    ):
+        import_interactions(source, tmp_path / "out", split="per-user-time")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.csv"]
+    manifest = import_interactions(source, tmp_path / "out", split="per-user-time", valid_fraction=0)
+    assert manifest.rows == {"train": 2, "test_id": 2}
+
+
 @pytest.mark.skipif(not MOVIELENS.is_file(), reason="MovieLens ml-latest-small is not available")
 def test_movielens(tmp_path: Path) -> None:
     out = tmp_path / "ml"
@@ -281,3 +389,142 @@ def test_corrupt_parquet_and_bad_ood_are_rejected_without_output(tmp_path: Path)
         import_interactions(good, tmp_path / "out", valid_fraction=0, test_fraction=0)
     import_interactions(good, tmp_path / "out", valid_fraction=0, test_fraction=0, overwrite=True)
     assert Manifest.read(tmp_path / "out").splits == {"train": ["ds=1970-01-01"]}
+
+
+# derived exposure confounders. Row: user, item, click, time, policy, propensity, slot, an explicit column
+# named like a derived one. The main file's non-random rows have propensities 0.1, 0.2, 0.4, 0.6, 0.8 and
+# one null: quintile edges (linear np.quantile of those five) 0.18, 0.32, 0.48, 0.64, so each known value
+# has a bucket of its own and the null gets bucket 5. The random row (0.5) does not move the edges.
+EXPOSURE_HEADER = "user,item,click,time,policy,p,slot,conf_policy"
+EXPOSURE_LOG = [
+    "a,x,1,10,ts,0.1,1,p1",
+    "a,y,0,20,eps,0.2,2,p2",
+    "b,x,1,30,ts,0.4,1,p1",
+    "b,y,0,40,eps,0.6,3,p2",
+    "a,x,1,50,ts,0.8,2,p1",
+    "b,y,1,60,eps,,1,p2",
+    "a,y,0,70,random,0.5,3,p1",
+]
+EXPOSURE_OOD = ["a,x,1,15,uniform,0.05,4,p1"]  # a policy and a slot seen only in the OOD file
+EXPOSURE_OPTIONS = {
+    "user_col": "user",
+    "item_col": "item",
+    "label_col": "click",
+    "time_col": "time",
+    "policy_col": "policy",
+    "propensity_col": "p",
+    "position_col": "slot",
+    "valid_fraction": 0,
+    "test_fraction": 0,
+}
+# time -> (conf_policy, conf_position, conf_propensity); policies eps=0 random=1 ts=2 uniform=3, slots 1..4 = 0..3
+EXPOSURE_CODES = {
+    10: (2, 0, 0),
+    20: (0, 1, 1),
+    30: (2, 0, 2),
+    40: (0, 2, 3),
+    50: (2, 1, 4),
+    60: (0, 0, 5),  # null propensity: its own bucket
+    70: (1, 2, 3),  # the random row: 0.48 <= 0.5 < 0.64
+    15: (3, 3, 0),  # the OOD row: 0.05 < 0.18
+}
+DERIVED = ("conf_policy", "conf_position", "conf_propensity")
+
+
+def exposure_rows(root: Path, manifest: Manifest, names: tuple[str, ...] = DERIVED) -> dict[int, tuple[int, ...]]:
+    table = pa.concat_tables(
+        [read_parquet_checked(f, manifest) for s in manifest.splits for f in manifest.files(root, s)]
+    )
+    return {row["ts"]: tuple(row[c] for c in names) for row in table.to_pylist()}
+
+
+def test_derived_exposure_confounders(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    source = write_csv(tmp_path / "log.csv", EXPOSURE_HEADER, EXPOSURE_LOG)
+    ood = write_csv(tmp_path / "ood.csv", EXPOSURE_HEADER, EXPOSURE_OOD)
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO, logger="distrec.data.importer"):
+        manifest = import_interactions(source, out, ood=ood, **EXPOSURE_OPTIONS)
+    assert manifest.rows == {"train": 6, "test_ood": 2}
+    assert manifest.confounders == {"conf_policy": 4, "conf_position": 4, "conf_propensity": 6}
+    assert exposure_rows(out, manifest) == EXPOSURE_CODES
+    assert manifest.source["derived_confounders"] == {
+        "conf_policy": "from policy: dictionary code of the logging policy (4 values, vocab/conf_policy.parquet)",
+        "conf_position": "from slot: dictionary code of the exposure's position (4 values, "
+        "vocab/conf_position.parquet)",
+        "conf_propensity": "from p: quantile bucket 0-4 of the propensity, edges [0.18, 0.32, 0.48, 0.64] from "
+        "the main file's non-random rows; null propensity: bucket 5",
+    }
+    assert manifest.source["propensity_edges"] == pytest.approx([0.18, 0.32, 0.48, 0.64])
+    assert "derived_confounders_skipped" not in manifest.source
+    assert manifest.source["derive_confounders"] is True and manifest.source["columns"]["position"] == "slot"
+    vocab = {c: pq.read_table(out / "vocab" / f"{c}.parquet")["raw"].to_pylist() for c in DERIVED[:2]}
+    assert vocab == {"conf_policy": ["eps", "random", "ts", "uniform"], "conf_position": [1, 2, 3, 4]}
+    assert not (out / "vocab" / "conf_propensity.parquet").exists()  # bucket indices, not dictionary codes
+    assert manifest.source["vocab"]["conf_policy"] == "vocab/conf_policy.parquet"
+    derived_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("derived confounder ")]
+    assert derived_lines == [f"derived confounder {c} {manifest.source['derived_confounders'][c]}" for c in DERIVED]
+    assert Manifest.read(out).to_json() == manifest.to_json()
+
+    # without nulls the propensity has 5 buckets; a propensity only (no policy, no position) is enough
+    no_null = [row.replace(",,", ",0.9,") for row in EXPOSURE_LOG]
+    source = write_csv(tmp_path / "no-null.csv", EXPOSURE_HEADER, no_null)
+    options = {**EXPOSURE_OPTIONS, "policy_col": None, "position_col": None}
+    manifest = import_interactions(source, tmp_path / "no-null", **options)
+    assert manifest.confounders == {"conf_propensity": 5}
+    assert set(manifest.source["derived_confounders"]) == {"conf_propensity"}
+
+
+def test_explicit_confounders_win_a_name_clash(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    source = write_csv(tmp_path / "log.csv", EXPOSURE_HEADER, EXPOSURE_LOG)
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO, logger="distrec.data.importer"):
+        manifest = import_interactions(source, out, confounder_cols=["conf_policy"], **EXPOSURE_OPTIONS)
+    # the explicit column (p1, p2) is kept as given; the derived conf_policy is skipped, the others are derived
+    assert manifest.confounders == {"conf_policy": 2, "conf_position": 3, "conf_propensity": 6}
+    assert next(iter(manifest.confounders)) == "conf_policy"  # explicit columns first
+    assert set(manifest.source["derived_confounders"]) == {"conf_position", "conf_propensity"}
+    note = "from policy: not derived: 'conf_policy' is an explicit column, kept as given"
+    assert manifest.source["derived_confounders_skipped"] == {"conf_policy": note}
+    assert f"confounder conf_policy {note}" in caplog.text
+    explicit = {ts: codes[0] for ts, codes in exposure_rows(out, manifest).items()}
+    assert explicit == {10: 0, 20: 1, 30: 0, 40: 1, 50: 0, 60: 1, 70: 0}
+    assert pq.read_table(out / "vocab" / "conf_policy.parquet")["raw"].to_pylist() == ["p1", "p2"]
+
+
+def test_single_policy_log_gets_no_policy_confounder(tmp_path: Path) -> None:
+    # one logging policy (ts) and a random row: the policy is constant where CRL trains (the non-random rows)
+    rows = [row.replace(",eps,", ",ts,") for row in EXPOSURE_LOG]
+    source = write_csv(tmp_path / "log.csv", EXPOSURE_HEADER, rows)
+    manifest = import_interactions(source, tmp_path / "out", **EXPOSURE_OPTIONS)
+    assert manifest.confounders == {"conf_position": 3, "conf_propensity": 6}
+    assert manifest.source["derived_confounders_skipped"] == {
+        "conf_policy": "from policy: not derived: constant on the main file's non-random rows"
+    }
+    assert not (tmp_path / "out" / "vocab" / "conf_policy.parquet").exists()
+
+
+def test_no_derived_confounders_flag(tmp_path: Path) -> None:
+    from distrec.cli import main
+
+    source = write_csv(tmp_path / "log.csv", EXPOSURE_HEADER, EXPOSURE_LOG)
+    flags = ["--user-col", "user", "--item-col", "item", "--label-col", "click", "--time-col", "time"]
+    flags += ["--policy-col", "policy", "--propensity-col", "p", "--position-col", "slot"]
+    flags += ["--valid-fraction", "0", "--test-fraction", "0"]
+    argv = ["data", "import", "--interactions", str(source), *flags]
+    assert main([*argv, "--out", str(tmp_path / "derived")]) == 0
+    assert Manifest.read(tmp_path / "derived").confounders == {
+        "conf_policy": 3,
+        "conf_position": 3,
+        "conf_propensity": 6,
+    }
+    assert main([*argv, "--out", str(tmp_path / "none"), "--no-derived-confounders"]) == 0
+    manifest = Manifest.read(tmp_path / "none")
+    assert manifest.confounders == {}
+    assert manifest.source["derive_confounders"] is False and manifest.source["derived_confounders"] == {}
+    assert "derived_confounders_skipped" not in manifest.source and "propensity_edges" not in manifest.source
+    assert not any(c in manifest.schema().names for c in DERIVED)
+    # explicit confounders are kept without the derived ones
+    manifest = import_interactions(
+        source, tmp_path / "explicit", confounder_cols=["conf_policy"], derive_confounders=False, **EXPOSURE_OPTIONS
+    )
+    assert manifest.confounders == {"conf_policy": 2}

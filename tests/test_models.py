@@ -3,6 +3,7 @@ target attention sees only the real items of each history."""
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -10,8 +11,9 @@ import torch
 
 from distrec.causal.frontdoor import front_door_prob
 from distrec.data.batch import Batch, BatchBuilder
-from distrec.data.schema import HISTORY, ITEM, Manifest
+from distrec.data.schema import HISTORY, ITEM, USER, Manifest
 from distrec.data.synth import synthesize
+from distrec.eval.metrics import auc
 from distrec.models.architectures import ARCHITECTURES, DIN, build_model
 from distrec.models.base import embedding_modules
 from distrec.models.sequence import TargetAttention
@@ -108,3 +110,86 @@ def test_din_rows_do_not_depend_on_other_rows_histories(data: Data) -> None:
         together = model(batch)
         alone = torch.cat([model(builder(rows.slice(i, 1))) for i in range(batch.size)])
     torch.testing.assert_close(alone, together)
+
+
+@pytest.fixture(scope="module")
+def preference_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, list[Batch], Batch]:
+    """Synthetic logs whose signal is mostly a dot product p_u.q_i, ~280 training rows per user."""
+    root = tmp_path_factory.mktemp("preference") / "synth"
+    manifest = synthesize(root, 60_000, users=150, items=100, days=4, history_len=HISTORY_LEN, seed=5)
+    builder = BatchBuilder(manifest)
+    train = pa.concat_tables(pq.read_table(f, columns=builder.columns) for f in manifest.files(root, "train"))
+    train = train.take(np.random.default_rng(0).permutation(train.num_rows))
+    batches = [builder(train.slice(lo, 256)) for lo in range(0, train.num_rows, 256)]
+    test = pa.concat_tables(pq.read_table(f, columns=builder.columns) for f in manifest.files(root, "test_id"))
+    return manifest, batches, builder(test)
+
+
+def _fit(model: torch.nn.Module, batches: list[Batch], epochs: int) -> None:
+    """The loop's optimisers, unsharded: row-wise-style Adagrad on the tables, Adam on the rest."""
+    tables = {id(p) for m in embedding_modules(model) for p in m.parameters()}
+    sparse = [p for p in model.parameters() if id(p) in tables]
+    dense = [p for p in model.parameters() if id(p) not in tables]
+    optimizers = [torch.optim.Adagrad(sparse, lr=0.1)] + ([torch.optim.Adam(dense, lr=3e-3)] if dense else [])
+    model.train()
+    for _ in range(epochs):
+        for batch in batches:
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch.labels)
+            for opt in optimizers:
+                opt.zero_grad()
+            loss.backward()
+            for opt in optimizers:
+                opt.step()
+
+
+class BiasOnly(torch.nn.Module):
+    """logit = b_user + b_item + b0: what every distrec model scored when towers hid the embeddings."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        super().__init__()
+        self.user = torch.nn.Embedding(manifest.cardinality[USER], 1)
+        self.item = torch.nn.Embedding(manifest.cardinality[ITEM], 1)
+        torch.nn.init.zeros_(self.user.weight)
+        torch.nn.init.zeros_(self.item.weight)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        ids = batch.sparse.to_dict()
+        return (self.user(ids[USER].values()) + self.item(ids[ITEM].values())).squeeze(-1)
+
+
+def _test_auc(model: torch.nn.Module, test: Batch) -> float:
+    model.eval()
+    with torch.no_grad():
+        return auc(test.labels.numpy(), model(test).numpy())
+
+
+@pytest.fixture(scope="module")
+def bias_only_auc(preference_data: tuple[Manifest, list[Batch], Batch]) -> float:
+    manifest, batches, test = preference_data
+    torch.manual_seed(0)
+    model = BiasOnly(manifest)
+    optimizer = torch.optim.Adagrad(model.parameters(), lr=0.1)
+    for _ in range(4):
+        for batch in batches:
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch.labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return _test_auc(model, test)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_every_architecture_learns_the_dot_product_a_bias_model_cannot(
+    arch: str, preference_data: tuple[Manifest, list[Batch], Batch], bias_only_auc: float
+) -> None:
+    """Each head's explicit user x item interaction on raw embeddings: well above the bias-only model.
+
+    On this SCM the bias-only model reaches ~0.66 and the observational Bayes predictor ~0.83;
+    with two-layer towers before the interaction every architecture stayed at the bias-only AUC.
+    """
+    manifest, batches, test = preference_data
+    torch.manual_seed(0)
+    model = build_model(arch, arch, manifest, DIM, [32, 16], torch.device("cpu"))
+    _fit(model, batches, epochs=4)
+    score = _test_auc(model, test)
+    assert score > bias_only_auc + 0.05, (arch, score, bias_only_auc)

@@ -230,9 +230,10 @@ BATCH = 256
 
 
 def train(beta: float, estimator: str, seed: int = 0) -> Objective:
-    """400 steps of Adam (lr 1e-2) on BCE + KD (+ beta * MI after a 100-step warm-up, 2 critic steps)."""
+    """400 steps of Adam (lr 1e-2) on BCE + KD (+ beta * MI after a 100-step warm-up, 2 critic steps at
+    3x the encoder's learning rate: a critic that learns no faster than Z moves cannot track it)."""
     crl = (
-        CRLConfig(beta=beta, estimator=estimator, critic_lr=1e-2, critic_steps=2, warmup_steps=100)
+        CRLConfig(beta=beta, estimator=estimator, critic_lr=3e-2, critic_steps=2, warmup_steps=100)
         if beta > 0
         else None
     )
@@ -276,18 +277,19 @@ def evaluate(objective: Objective) -> dict[str, float]:
 
 @pytest.mark.parametrize("estimator", ["nce_club", "club"])
 def test_crl_removes_confounder_information_from_z(estimator: str) -> None:
-    """Measured over seeds 0-3 (probe MI in nats, unpenalised 0.29-0.34): beta = 1 brings it to
-    0.012-0.044 with club and 0.012-0.046 with nce_club (seed 0, tested: 0.017 with both), while the
-    logit's correlation with the confounder-free part rises from 0.80-0.85 to 0.93-0.95: the student
-    trades the confounder for the causal signal (its BCE rises by 0.02-0.04: C does predict Y). The
-    trajectories are sensitive: a rounding-level change in the NCE critic once left seed 1 at 0.174
-    (half the unpenalised value), hence the loose 0.6 factor.
+    """Measured with the NeuMF-shaped student, whose Z includes the element-wise user x item product
+    (probe MI in nats): unpenalised 0.66 (seed 0); beta = 2 brings it to 0.29 with club and 0.34 with
+    nce_club (seed 1: 0.17 and 0.29), while the logit's correlation with the confounder-free part
+    rises from 0.81 to 0.93 and 0.88: the student trades the confounder for the causal signal. With
+    the critic at the encoder's learning rate (1e-2) club only reached 0.41-0.43, and beta = 1 left
+    club at 0.50: the penalty needs a critic that keeps up. The trajectories are sensitive, hence
+    the loose 0.6 factor. (The earlier tower student, Z = MLP output only: 0.29-0.34 -> 0.01-0.05.)
 
     The correlation check matters: with a label driven mostly by C, the penalty collapsed Z to a
     constant (every ReLU of the MLP's last layer dead, BCE at log 2) even at beta = 0.1, which passes
     any MI check."""
     unpenalised = evaluate(train(0.0, estimator))
-    penalised = evaluate(train(1.0, estimator))
+    penalised = evaluate(train(2.0, estimator))
     assert unpenalised["mi"] > 0.2, unpenalised
     assert penalised["mi"] < 0.6 * unpenalised["mi"], (unpenalised, penalised)
     assert penalised["corr_base"] > unpenalised["corr_base"] - 0.05, (unpenalised, penalised)

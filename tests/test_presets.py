@@ -16,10 +16,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from distrec.cli import main
+from distrec.data.importer import SPLIT_MODES
 from distrec.data.presets import PRESETS, resolve
 from distrec.data.schema import Manifest
 from distrec.data.validate import read_parquet_checked
 from distrec.errors import ConfigError
+from distrec.eval.groups import GROUP_NAMES, group_counts_from_parquet, groups_from_counts
 
 SHARED = Path(os.environ.get("DISTREC_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 MOVIELENS = SHARED / "ml-latest-small" / "ratings.csv"
@@ -47,6 +49,16 @@ def time_ordered(t: dict[str, pa.Table]) -> None:
         assert pc.max(t[early]["ts"]).as_py() <= pc.min(t[late]["ts"]).as_py(), (early, late)
 
 
+def time_ordered_per_user(t: dict[str, pa.Table]) -> None:
+    """Within each user, train rows are no later than valid rows, which are no later than test_id rows."""
+    order = [s for s in ("train", "valid", "test_id") if s in t]
+    span = {s: t[s].group_by("user_id").aggregate([("ts", "min"), ("ts", "max")]) for s in order}
+    for early, late in itertools.pairwise(order):
+        both = span[early].join(span[late], "user_id", join_type="inner", left_suffix="_e", right_suffix="_l")
+        assert both.num_rows > 0, (early, late)
+        assert pc.all(pc.less_equal(both["ts_max_e"], both["ts_min_l"])).as_py(), (early, late)
+
+
 def test_movielens(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ratings, out = need(MOVIELENS), tmp_path / "ml"
     assert main(["data", "import", "--preset", "movielens", "--interactions", str(ratings), "--out", str(out)]) == 0
@@ -59,16 +71,29 @@ def test_movielens(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     positives = sum(pc.sum(x["label"]).as_py() for x in t.values())
     assert positives == pc.sum(pc.greater_equal(raw["rating"], 4.0)).as_py()
     assert positives / raw.num_rows == pytest.approx(0.4818, abs=1e-4)  # 48,580 of 100,836
-    time_ordered(t)
+    # per user: each user's last 10% of ratings (at least one) are test_id, the 10% before them valid
+    assert manifest.source["split"] == "per-user-time" and manifest.source["split_train_only_users"] == 0
+    assert manifest.rows == {"train": 80_650, "valid": 10_093, "test_id": 10_093}
+    time_ordered_per_user(t)
+    # every user (all have 20+ ratings) is in every split, so the test users' activity groups, computed as the
+    # evaluator does (quintiles of train rows per user), are spread evenly: no longer mostly q1 cold start
+    counts = group_counts_from_parquet(manifest.files(out, "train"), num_users=610)
+    assert counts.min() > 0
+    groups = groups_from_counts(counts)
+    test_users = np.unique(t["test_id"]["user_id"].to_numpy())
+    assert len(test_users) == 610 and len(np.unique(t["valid"]["user_id"].to_numpy())) == 610
+    share = np.bincount(groups[test_users], minlength=len(GROUP_NAMES)) / len(test_users)
+    assert share[0] < 0.5 and share.tolist() == [0.2] * 5
     # no random exposures and no --ood: test_ood is absent, not empty, and the pipeline accepts that
     assert set(manifest.splits) == set(manifest.rows) == {"train", "valid", "test_id"}
     assert not (out / "test_ood").exists()
     from distrec.orchestrate.pipeline import prepare_dataset
 
     assert prepare_dataset(SimpleNamespace(data=SimpleNamespace(path=str(out), validate=False))) == out
-    # monthly partitions: one file per (split, month), named by the month's first day
+    # monthly partitions: one file per (split, month), named by the month's first day; per user, the
+    # splits share most months (262 train, 245 valid, 238 test_id files)
     files = [f for s in manifest.splits for f in manifest.files(out, s)]
-    assert 200 < len(files) < 400
+    assert 600 < len(files) < 900
     for path in files:
         ds = path.parent.name
         assert re.fullmatch(r"ds=\d{4}-\d{2}-01", ds), ds
@@ -95,6 +120,7 @@ def test_open_bandit(tmp_path: Path) -> None:
     unseen_user = int(pc.sum(pc.invert(pc.is_in(keys(raw_random), value_set=pc.unique(keys(raw_bts))))).as_py())
     assert manifest.source["ood_dropped_rows"] == unseen_user == 44  # documented: user combinations unseen in bts
     assert manifest.rows == {"train": 8000, "valid": 1000, "test_id": 1000, "test_ood": raw_random.num_rows - 44}
+    assert manifest.source["split"] == "global-time"  # the preset keeps the global time cut
     assert sum(t[s].num_rows for s in ("train", "valid", "test_id")) == raw_bts.num_rows
     time_ordered(t)
     assert manifest.cardinality["user_id"] == len(pc.unique(keys(raw_bts))) == 253
@@ -133,7 +159,27 @@ def test_movielens_preset_partitions_and_explicit_overrides(tmp_path: Path) -> N
     ratings.write_text("userId,movieId,rating,timestamp\n" + "".join(f"{u},{i},{r},{ts}\n" for u, i, r, ts in rows))
 
     fractions = ["--valid-fraction", "0.25", "--test-fraction", "0.25"]
-    base = ["data", "import", "--preset", "movielens", "--interactions", str(ratings), *fractions]
+    preset = ["data", "import", "--preset", "movielens", "--interactions", str(ratings), *fractions]
+    # the preset's own split: per user, the last 25% (at least one) of each user's ratings are test_id and
+    # the 25% before them valid; user 3 has only 2 ratings and keeps both in train
+    assert main([*preset, "--out", str(tmp_path / "per-user")]) == 0
+    manifest = Manifest.read(tmp_path / "per-user")
+    assert manifest.source["split"] == "per-user-time" and manifest.source["split_train_only_users"] == 1
+    assert manifest.splits == {
+        "train": ["ds=1970-01-01", "ds=1970-03-01", "ds=1970-04-01"],
+        "valid": ["ds=1970-02-01"],
+        "test_id": ["ds=1970-03-01", "ds=1970-04-01"],
+    }
+    t = tables(tmp_path / "per-user", manifest)
+    assert {s: sorted(zip(x["user_id"].to_pylist(), x["ts"].to_pylist(), strict=True)) for s, x in t.items()} == {
+        "train": [(0, 5), (1, 10), (2, 2 * MONTH + 1), (2, 3 * MONTH)],
+        "valid": [(0, MONTH), (1, MONTH + 86_400)],
+        "test_id": [(0, 2 * MONTH), (1, 3 * MONTH)],
+    }
+    time_ordered_per_user(t)
+
+    # an explicit --split wins over the preset's: the global time cut
+    base = [*preset, "--split", "global-time"]
     assert main([*base, "--out", str(tmp_path / "month")]) == 0
     manifest = Manifest.read(tmp_path / "month")
     assert manifest.splits == {
@@ -142,6 +188,8 @@ def test_movielens_preset_partitions_and_explicit_overrides(tmp_path: Path) -> N
         "test_id": ["ds=1970-04-01"],
     }
     assert manifest.rows == {"train": 4, "valid": 2, "test_id": 2}
+    assert manifest.source["split"] == "global-time" and "split_train_only_users" not in manifest.source
+    time_ordered(tables(tmp_path / "month", manifest))
     assert manifest.name == "movielens"
     labels = pa.concat_tables(tables(tmp_path / "month", manifest).values())["label"].to_pylist()
     assert sum(labels) == 5  # rating >= 4
@@ -159,10 +207,15 @@ def test_movielens_preset_partitions_and_explicit_overrides(tmp_path: Path) -> N
 
     options = resolve("movielens", ratings, confounder_cols=[], history_len=3)
     assert options["confounder_cols"] == [] and options["history_len"] == 3 and options["partition"] == "month"
+    assert options["split"] == "per-user-time"
+    assert resolve("movielens", ratings, split="global-time")["split"] == "global-time"
     assert resolve(None, ratings, partition="day") == {"partition": "day"}
     with pytest.raises(ConfigError, match="unknown preset 'nope'"):
         resolve("nope", ratings)
     assert main([*base, "--out", str(tmp_path / "bad"), "--preset", "nope"]) == 3
+    with pytest.raises(SystemExit) as info:  # argparse rejects an unknown split mode
+        main([*preset, "--out", str(tmp_path / "bad"), "--split", "random"])
+    assert info.value.code == 2
     assert not (tmp_path / "bad").exists()
 
 
@@ -200,6 +253,7 @@ def test_open_bandit_preset_on_a_small_log(tmp_path: Path) -> None:
     assert main(argv) == 0  # --ood defaults to random/all/all.csv beside bts/
     manifest = Manifest.read(out)
     assert manifest.rows == {"train": 6, "valid": 2, "test_id": 2, "test_ood": 2}  # u3 is unseen in bts: dropped
+    assert manifest.source["split"] == "global-time"
     assert manifest.source["ood"] == str((tmp_path / "random" / "all" / "all.csv").resolve())
     assert manifest.name == "open-bandit-all"
     assert manifest.cardinality == {
@@ -220,16 +274,32 @@ def test_open_bandit_preset_on_a_small_log(tmp_path: Path) -> None:
         (1, 0, "random", True, 0),
         (0, 2, "random", True, 2),
     ]
-    edges = manifest.source["prepared"]["conf_propensity"]["edges"]
+    # the confounders come from the importer's generic derivation (position_col, propensity_col); the
+    # policy is constant (bts) on the logged rows, so there is no conf_policy
+    assert manifest.confounders == {"conf_position": 3, "conf_propensity": 5}
+    assert set(manifest.source["derived_confounders"]) == {"conf_position", "conf_propensity"}
+    assert manifest.source["derived_confounders"]["conf_position"].startswith("from position: dictionary code")
+    assert manifest.source["derived_confounders_skipped"] == {
+        "conf_policy": "from behavior_policy: not derived: constant on the main file's non-random rows"
+    }
+    assert "conf_propensity" not in manifest.source["prepared"]
+    edges = manifest.source["propensity_edges"]
     propensities = [r[4] for r in [*day_one, *day_two]]
     assert edges == pytest.approx(np.quantile(propensities, [0.2, 0.4, 0.6, 0.8]))
     logged = pa.concat_tables([t[s] for s in ("train", "valid", "test_id")])
     expected = np.searchsorted(edges, logged["propensity"].to_numpy().astype(np.float64), side="right")
-    # float32 storage can move a value sitting exactly on an edge; none does here
+    # buckets and edges are computed from the stored (float32) propensities, so they agree exactly
     assert logged["conf_propensity"].to_pylist() == expected.tolist()
     assert [r["conf_propensity"] for r in ood] == [np.searchsorted(edges, 1 / 3, side="right")] * 2
     assert [r["item_feature_1"] for r in ood] == [0, 0] and [r["item_feature_2"] for r in ood] == [0, 1]
     assert [r["ts"] for r in t["train"].to_pylist()][:2] == [1574553600, 1574553601]
+
+    # --no-derived-confounders: the preset's confounders are derived ones, so none are left
+    bare_argv = ["data", "import", "--preset", "open-bandit", "--interactions", str(bts), *fractions]
+    assert main([*bare_argv, "--out", str(tmp_path / "bare"), "--no-derived-confounders"]) == 0
+    bare = Manifest.read(tmp_path / "bare")
+    assert bare.confounders == {} and bare.source["derived_confounders"] == {}
+    assert "conf_position" not in tables(tmp_path / "bare", bare)["train"].column_names
 
 
 def test_every_preset_is_named_in_the_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
@@ -237,3 +307,4 @@ def test_every_preset_is_named_in_the_cli_help(capsys: pytest.CaptureFixture[str
         main(["data", "import", "--help"])
     help_text = capsys.readouterr().out
     assert all(name in help_text for name in PRESETS)
+    assert f"--split {{{','.join(SPLIT_MODES)}}}" in help_text  # the CLI's choices are the importer's modes

@@ -50,7 +50,7 @@ def test_write_report_files(tmp_path) -> None:
     text = (tmp_path / "report.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     data = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
-    assert set(data) == {"run", "models", "heterogeneity"}
+    assert set(data) == {"run", "models", "heterogeneity", "ceilings", "k"}
     assert data["run"]["dataset"] == "synthetic"
     for name in ("dcn", "crl"):
         entry = data["models"][name]

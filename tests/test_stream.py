@@ -12,7 +12,6 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 import torch
-from ray.train import Checkpoint
 
 from distrec.causal.frontdoor import conditional_prob, front_door_prob
 from distrec.data.batch import BatchBuilder
@@ -70,13 +69,13 @@ def test_every_row_exactly_once_with_both_teachers_columns(
     files = [str(f) for f in manifest.files(root, "train")]
     builder = BatchBuilder(manifest)
     bank = write_history_bank(manifest, str(root), 32, seed=0, out=tmp_path / "bank.parquet")
-    checkpoints = {name: Checkpoint.from_directory(str(d)) for name, d in teachers.items()}
+    exports = {name: str(d) for name, d in teachers.items()}
     columns = sorted(set(builder.columns) | set(IDENTITY))
     # small blocks, as a large log would have, so that streaming is observable at this size
     context = ray.data.DataContext.get_current()
     block_size, context.target_max_block_size = context.target_max_block_size, 32 * 1024
     try:
-        stream = soft_label_stream(files, columns, checkpoints, bank, batch_size=300).map_batches(
+        stream = soft_label_stream(files, columns, exports, bank, batch_size=300).map_batches(
             stamp, batch_format="pyarrow"
         )
         shards = stream.streaming_split(2, equal=False)

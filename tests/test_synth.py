@@ -15,6 +15,7 @@ from distrec.data.schema import SPLITS, Manifest
 from distrec.data.synth import synthesize
 from distrec.data.validate import read_parquet_checked
 from distrec.errors import ConfigError
+from distrec.eval.groups import groups_from_counts
 from distrec.eval.metrics import auc
 
 ROWS = 60_000
@@ -46,7 +47,7 @@ def test_layout_and_manifest(dataset: tuple[Path, Manifest, dict[str, pa.Table]]
     assert {s: t.num_rows for s, t in tables.items()} == manifest.rows
     assert manifest.has_true_ctr and manifest.history_max_len == 20
     assert manifest.cardinality == {"user_id": 800, "item_id": ITEMS, "item_tag": 16}
-    assert manifest.confounders == {"conf_mood": 8, "conf_policy": 3}
+    assert manifest.confounders == {"conf_session": 8, "conf_policy": 3}
     assert manifest.source["seed"] == 3 and manifest.source["scm"]["confounding"] == 2.0
     for split in SPLITS:
         for path in manifest.files(root, split):
@@ -72,8 +73,8 @@ def test_policies_propensities_and_ctr(dataset: tuple[Path, Manifest, dict[str, 
         assert 0.2 < label.mean() < 0.35, split
         assert abs(label.mean() - ctr.mean()) < 0.015, split
         assert auc(label, ctr) > 0.75, split  # the ground truth is informative
-        mood = np.bincount(table["conf_mood"].to_numpy(), minlength=8) / table.num_rows
-        assert mood.min() > 0.07 and mood.max() < 0.18, split
+        session = np.bincount(table["conf_session"].to_numpy(), minlength=8) / table.num_rows
+        assert session.min() > 0.07 and session.max() < 0.18, split
 
 
 def tag_sign(table: pa.Table) -> np.ndarray:
@@ -88,8 +89,8 @@ def test_logs_are_confounded(dataset: tuple[Path, Manifest, dict[str, pa.Table]]
     corr["train_policy"] = np.corrcoef(tag_sign(train), train["label"].to_numpy())[0, 1]
     assert corr["train_policy"] > 0.1 and corr["test_id"] > 0.1, corr
     assert corr["test_ood"] < -0.1, corr
-    # the observed mood proxy reveals the confounder that drives exposure
-    assert np.corrcoef(tag_sign(train), train["conf_mood"].to_numpy())[0, 1] > 0.4
+    # the observed session proxy reveals the confounder that drives exposure
+    assert np.corrcoef(tag_sign(train), train["conf_session"].to_numpy())[0, 1] > 0.4
 
     # a naive per-item click-rate model learns the spurious association and breaks under the flipped policy
     items, labels = train["item_id"].to_numpy(), train["label"].to_numpy()
@@ -99,20 +100,65 @@ def test_logs_are_confounded(dataset: tuple[Path, Manifest, dict[str, pa.Table]]
     assert score["test_id"] - score["test_ood"] > 0.1, score
 
 
-def test_histories_carry_the_user_confounder(dataset: tuple[Path, Manifest, dict[str, pa.Table]]) -> None:
+def test_activity_is_long_tailed_and_histories_follow_it(
+    dataset: tuple[Path, Manifest, dict[str, pa.Table]],
+) -> None:
     root, manifest, tables = dataset
     users = pq.read_table(root / "scm" / "users.parquet")
-    items = pq.read_table(root / "scm" / "items.parquet")
-    sign = items["sign"].to_numpy()
     table = tables["train"]
+    counts = np.bincount(table["user_id"].to_numpy(), minlength=manifest.cardinality["user_id"])
+    groups = groups_from_counts(counts)
+    means = [counts[groups == g].mean() for g in range(5)]
+    assert means[4] / means[0] >= 10, means  # the quintiles mean something
     history_of: dict[int, list[int]] = {}
     for user, history in zip(table["user_id"].to_pylist(), table["hist_item_ids"].to_pylist(), strict=True):
         assert history_of.setdefault(user, history) == history  # one fixed history per user
     lengths = np.array([len(h) for h in history_of.values()])
-    assert lengths.max() == manifest.history_max_len and lengths.mean() > 15
-    user_ids = np.array(list(history_of))
-    plus_share = np.array([np.mean(sign[h] > 0) if h else 0.5 for h in history_of.values()])
-    assert np.corrcoef(users["a"].to_numpy()[user_ids], plus_share)[0, 1] > 0.6
+    assert lengths.max() == manifest.history_max_len and lengths.min() < manifest.history_max_len / 2
+    activity = users["activity"].to_numpy()[np.array(list(history_of))]
+    assert np.corrcoef(np.log(activity), lengths)[0, 1] > 0.5  # tail users have short histories
+    # the exposure confounder is independent of the user: the session proxy does not identify users
+    assert (
+        abs(np.corrcoef(users["a"].to_numpy()[table["user_id"].to_numpy()], table["conf_session"].to_numpy())[0, 1])
+        < 0.03
+    )
+
+
+def test_truths_are_exact(dataset: tuple[Path, Manifest, dict[str, pa.Table]]) -> None:
+    """p_do and p_obs against Monte Carlo over the session confounder V from the stored latents."""
+    root, manifest, tables = dataset
+    scm = manifest.source["scm"]
+    users, items = pq.read_table(root / "scm" / "users.parquet"), pq.read_table(root / "scm" / "items.parquet")
+    p = np.stack(users["p"].to_numpy(zero_copy_only=False))
+    q = np.stack(items["q"].to_numpy(zero_copy_only=False))
+    rows = tables["test_id"].slice(0, 200)
+    u, i = rows["user_id"].to_numpy(), rows["item_id"].to_numpy()
+    eta = (
+        scm["b0"]
+        + scm["w_c"] * np.einsum("nd,nd->n", p[u], q[i]) / np.sqrt(scm["dim"])
+        + items["b"].to_numpy()[i]
+        + scm["w_a"] * users["a"].to_numpy()[u]
+    )
+    v = np.random.default_rng(0).standard_normal(200_000)
+    click = 1 / (1 + np.exp(-(eta[:, None] + scm["w_v"] * v[None, :])))
+    exposure = 1 / (1 + np.exp(-items["sign"].to_numpy()[i][:, None] * scm["confounding"] * v[None, :]))
+    np.testing.assert_allclose(rows["p_do"].to_numpy(), click.mean(1), atol=3e-3)
+    np.testing.assert_allclose(rows["p_obs"].to_numpy(), (click * exposure).mean(1) / exposure.mean(1), atol=3e-3)
+
+
+def test_ceilings_read_as_the_scm_promises(dataset: tuple[Path, Manifest, dict[str, pa.Table]]) -> None:
+    _, _, tables = dataset
+    logged = tables["test_id"]
+    y = logged["label"].to_numpy()
+    assert abs(y.mean() - logged["p_obs"].to_numpy().mean()) < 0.015  # p_obs is calibrated on the logs
+    score = {
+        (s, t): auc(tables[s]["label"].to_numpy(), tables[s][t].to_numpy())
+        for s in ("test_id", "test_ood")
+        for t in ("p_obs", "p_do")
+    }
+    assert score["test_id", "p_obs"] > score["test_id", "p_do"]  # in distribution the spurious tag helps
+    assert score["test_ood", "p_do"] - score["test_ood", "p_obs"] > 0.03  # under the flip it costs
+    assert abs(score["test_ood", "p_do"] - score["test_id", "p_do"]) < 0.02  # the interventional truth is robust
 
 
 def test_deterministic_given_seed(tmp_path: Path) -> None:

@@ -107,7 +107,7 @@ class BatchBuilder:
         cols = [s.name for s in self.manifest.sparse] + list(self.manifest.dense) + self.confounders + [LABEL]
         if self.manifest.history_max_len > 0:
             cols.append(HISTORY)
-        return cols
+        return cols + self.soft_label_columns
 
     def __call__(self, table: pa.Table | pa.RecordBatch) -> Batch:
         if isinstance(table, pa.RecordBatch):

@@ -14,10 +14,46 @@ Conventions (see :func:`import_interactions`):
 * one Parquet file per (split, partition): ``partition="day"`` gives ``ds=YYYY-MM-DD`` directories,
   ``"month"`` gives one per calendar month, named (still hive style, still a date) by its first day,
   ``ds=YYYY-MM-01``, so readers that parse ``ds`` as a date and sort it keep working.
+* splits (``split``): random-exposure rows (``random_col``, or ``policy_col == "random"``) and every
+  ``--ood`` row are test_ood; the other ("logged") rows go to train, valid and test_id by one of
+  :data:`SPLIT_MODES`:
+
+  - ``"global-time"`` (the default): one cut over all logged rows sorted by time: the latest
+    ``test_fraction`` of them (rounded) are test_id, the ``valid_fraction`` before them valid, the rest
+    train. Every valid/test row is later than every train row, but users whose activity is all recent
+    have no train rows: on MovieLens most test_id users are cold-start users (activity group q1).
+  - ``"per-user-time"``: leave-last-out per user, the protocol of RecBole's ``group_by: user``,
+    ``order: TO``, ``split: RS`` and of most sequential-recommendation papers. Each user's logged rows sorted by time
+    (ties in file order); of a user's ``n`` rows the last ``round(n * test_fraction)`` are test_id and
+    the ``round(n * valid_fraction)`` before them valid (``round`` as Python's, half to even), each at
+    least 1 when its fraction is above 0 (so ``0.1`` gives leave-one-out for users with up to 14 rows)
+    and capped so that at least one train row remains (valid shrinks first). A user with fewer logged
+    rows than the non-empty splits (``< 3`` with both fractions above 0) keeps all of them in train;
+    their number is ``manifest.source["split_train_only_users"]``. Within a user, train rows are no later than valid
+    rows, which are no later than test_id rows; across users the splits overlap in time, so the same
+    ``ds=`` partition can occur in several splits, and train holds other users' interactions later
+    than a test row (the usual leakage of leave-last-out, accepted for the per-user analysis). Every
+    user with enough rows is in train and test_id, so the activity groups (quintiles of train rows per
+    user) of test_id users are spread over q1..q5.
+
+  The mode and fractions are recorded in ``manifest.source`` (``split``, ``valid_fraction``,
+  ``test_fraction``). Histories do not depend on the split (above), so a test row's history never
+  holds the row itself, a later row or a row of the same second.
 * a split without rows (e.g. test_ood of a log without random exposures and no ``--ood``) is left
   out of the manifest's ``splits`` and ``rows`` and gets no directory: readers check membership.
 * ``prepare`` (used by :mod:`distrec.data.presets`) may derive columns from the raw tables before any
-  check, e.g. a user id built from user features or a propensity bucket; its notes go to the manifest.
+  check, e.g. a user id built from user features; its notes go to the manifest.
+* derived confounders (``derive_confounders=True``, the default; see :func:`exposure_confounders`): the
+  columns that describe the exposure become confounder columns of their own, so that CRL has an
+  observed C even when no ``confounder_cols`` are given: ``conf_policy`` (dictionary code of
+  ``policy_col``), ``conf_position`` (dictionary code of ``position_col``, the exposure's slot) and
+  ``conf_propensity`` (quintile bucket of ``propensity_col``; edges from the main file's non-random
+  rows, null propensities in bucket :data:`BINS`). Each is skipped, with a logged note, when its name
+  is already an explicit sparse/confounder column (the explicit one is kept) or when it is constant
+  on the main file's non-random rows (the rows CRL trains on: e.g. one logging policy). What was
+  derived is ``manifest.source["derived_confounders"]`` (``{name: "from <column>: <how>"}``), what was
+  skipped ``manifest.source["derived_confounders_skipped"]``, the propensity edges
+  ``manifest.source["propensity_edges"]``.
 """
 
 from __future__ import annotations
@@ -42,7 +78,7 @@ from distrec.data.schema import (
     POLICY,
     PROPENSITY,
     SPLITS,
-    TRUE_CTR,
+    TRUTHS,
     TS,
     USER,
     Manifest,
@@ -61,6 +97,11 @@ DEFAULT_POLICY = "logging"
 RANDOM_POLICY = "random"
 WRITE_ROWS = 1_000_000  # rows per Parquet write; bounds the history lists built at once
 PARTITIONS = {"day": "datetime64[D]", "month": "datetime64[M]"}  # partition granularity -> numpy unit
+SPLIT_MODES = ("global-time", "per-user-time")  # how logged rows are cut into train / valid / test_id
+BINS = 5  # quantile bins of bucketed confounders (propensity here, popularity in the MovieLens preset)
+CONF_POLICY = "conf_policy"
+CONF_POSITION = "conf_position"
+CONF_PROPENSITY = "conf_propensity"
 
 # (main table, OOD table or None) -> (main, OOD, notes for manifest.source["prepared"])
 Prepare = Callable[[pa.Table, pa.Table | None], tuple[pa.Table, pa.Table | None, dict[str, object]]]
@@ -76,6 +117,30 @@ def partition_periods(ts: np.ndarray, partition: str) -> np.ndarray:
 def period_partition(period: np.datetime64) -> str:
     """Hive directory of a period: ``ds=`` its first day (``ds=YYYY-MM-01`` for a month)."""
     return partition_name(str(period.astype("datetime64[D]")))
+
+
+def quantile_edges(values: np.ndarray, bins: int = BINS) -> np.ndarray:
+    """Inner edges of ``bins`` quantile bins (``np.quantile``) of the finite ``values`` (duplicates merged)."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return np.zeros(0)
+    return np.unique(np.quantile(finite, np.linspace(0, 1, bins + 1)[1:-1]))
+
+
+def bucketize(values: np.ndarray, edges: np.ndarray) -> pa.Array:
+    """Bin index (number of edges <= value) of each value as int64; NaN gives null."""
+    bucket = np.searchsorted(edges, values, side="right").astype(np.int64)
+    return pa.array(bucket, pa.int64(), mask=~np.isfinite(values))
+
+
+def propensity_buckets(propensity: np.ndarray, edge_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(bucket, edges)``: the quintile bucket ``0..BINS-1`` of each propensity, ``BINS`` where it is NaN.
+
+    The edges are :func:`quantile_edges` of ``propensity[edge_rows]`` (the importer passes the main
+    file's non-random rows); a value on an edge goes to the upper bucket.
+    """
+    edges = quantile_edges(propensity[edge_rows])
+    return bucketize(propensity, edges).fill_null(BINS).to_numpy(zero_copy_only=False).astype(np.int64), edges
 
 
 def gather_lists(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> pa.ListArray:
@@ -122,10 +187,11 @@ class _Columns:
     policy: str | None
     propensity: str | None
     random: str | None
+    position: str | None
     categorical: tuple[str, ...]
 
     def required(self) -> list[str]:
-        optional = [self.policy, self.propensity, self.random]
+        optional = [self.policy, self.propensity, self.random, self.position]
         return [self.user, self.item, self.label, self.time, *(c for c in optional if c), *self.categorical]
 
 
@@ -141,6 +207,7 @@ class _Log:
     propensity: pa.ChunkedArray  # float32, nullable
     is_random: np.ndarray  # bool
     categorical: dict[str, pa.ChunkedArray]
+    position: pa.ChunkedArray | None = None  # the exposure's slot, any type, nullable
 
     def filter(self, keep: np.ndarray) -> _Log:
         mask = pa.array(keep)
@@ -153,6 +220,7 @@ class _Log:
             self.propensity.filter(mask),
             self.is_random[keep],
             {name: col.filter(mask) for name, col in self.categorical.items()},
+            self.position.filter(mask) if self.position is not None else None,
         )
 
 
@@ -271,6 +339,7 @@ def _load(path: Path, table: pa.Table, cols: _Columns, threshold: float | None, 
         propensity=propensity,
         is_random=is_random,
         categorical={c: _plain(table[c]) for c in cols.categorical},
+        position=_plain(table[cols.position]) if cols.position else None,
     )
 
 
@@ -287,6 +356,8 @@ def _align_ood(main: _Log, other: _Log, main_path: Path, ood_path: Path) -> tupl
     main.item, other.item = _unify(main.item, other.item)
     for c in main.categorical:
         main.categorical[c], other.categorical[c] = _unify(main.categorical[c], other.categorical[c])
+    if main.position is not None and other.position is not None:
+        main.position, other.position = _unify(main.position, other.position)
     seen_user = np.asarray(pc.is_in(other.user, value_set=pc.unique(main.user)))
     keep = seen_user & np.asarray(pc.is_in(other.item, value_set=pc.unique(main.item)))
     dropped = int(len(keep) - keep.sum())
@@ -314,6 +385,78 @@ def _encode(values: pa.ChunkedArray | pa.Array, vocab: pa.Array) -> np.ndarray:
     return pc.index_in(values, value_set=vocab).to_numpy().astype(np.int64)
 
 
+@dataclass
+class Derived:
+    """Confounder columns derived from the exposure columns (see :func:`exposure_confounders`)."""
+
+    codes: dict[str, np.ndarray]  # name -> int64 code of every row (main rows, then OOD rows)
+    cardinality: dict[str, int]
+    vocab: dict[str, pa.Array]  # name -> raw value of each code, for the dictionary-coded ones
+    notes: dict[str, str]  # name -> "from <column>: <how>"
+    skipped: dict[str, str]  # name -> "from <column>: not derived: <why>"
+    propensity_edges: list[float] | None = None
+
+
+def exposure_confounders(
+    cols: _Columns,
+    policy: pa.Array,
+    position: pa.Array | None,
+    propensity: pa.Array,
+    logged: np.ndarray,
+    taken: set[str],
+) -> Derived:
+    """Exposure confounders from the policy, position and propensity columns named in ``cols``.
+
+    ``policy``, ``position`` and ``propensity`` hold every imported row (main, then OOD); ``logged``
+    marks the main file's non-random rows. ``conf_policy`` and ``conf_position`` are dictionary codes
+    over all rows (sorted values, a null is a category of its own), as other categorical columns;
+    ``conf_propensity`` is :func:`propensity_buckets` with edges from the ``logged`` rows, cardinality
+    ``BINS`` (``BINS + 1`` when some propensity is null). A name in ``taken`` (an explicit column) is
+    skipped, as is a column constant on the ``logged`` rows: it carries no information where CRL trains.
+    """
+    candidates: list[tuple[str, str, pa.Array | None]] = []
+    if cols.policy:
+        candidates.append((CONF_POLICY, cols.policy, policy))
+    if cols.position and position is not None:
+        candidates.append((CONF_POSITION, cols.position, position))
+    if cols.propensity:
+        candidates.append((CONF_PROPENSITY, cols.propensity, None))
+    out = Derived({}, {}, {}, {}, {})
+    for name, column, values in candidates:
+        if name in taken:
+            out.skipped[name] = f"from {column}: not derived: {name!r} is an explicit column, kept as given"
+            logger.info("confounder %s %s", name, out.skipped[name])
+            continue
+        edges: np.ndarray | None = None
+        vocab: pa.Array | None = None
+        if values is not None:
+            vocab = _vocab(values)
+            codes, cardinality = _encode(values, vocab), len(vocab)
+            what = "logging policy" if name == CONF_POLICY else "exposure's position"
+            how = f"dictionary code of the {what} ({cardinality} values, vocab/{name}.parquet)"
+        else:
+            p = propensity.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+            codes, edges = propensity_buckets(p, logged)
+            nulls = bool((codes == BINS).any())
+            cardinality = BINS + nulls
+            shown = ", ".join(f"{e:.4g}" for e in edges)
+            how = (
+                f"quantile bucket 0-{BINS - 1} of the propensity, edges [{shown}] from the main file's non-random rows"
+            )
+            how += f"; null propensity: bucket {BINS}" if nulls else ""
+        if len(np.unique(codes[logged])) < 2:
+            out.skipped[name] = f"from {column}: not derived: constant on the main file's non-random rows"
+            logger.info("confounder %s %s", name, out.skipped[name])
+            continue
+        out.codes[name], out.cardinality[name], out.notes[name] = codes, cardinality, f"from {column}: {how}"
+        if vocab is not None:
+            out.vocab[name] = vocab
+        if edges is not None:
+            out.propensity_edges = edges.tolist()
+        logger.info("derived confounder %s %s", name, out.notes[name])
+    return out
+
+
 def _infer_side(codes: np.ndarray, users: np.ndarray, items: np.ndarray) -> Side:
     """``item`` if the feature is a function of the item, else ``user`` if one of the user, else ``context``."""
     base = int(codes.max()) + 1
@@ -339,6 +482,49 @@ def _assign_splits(
     by_time = logged[np.argsort(ts[logged], kind="stable")]
     split[by_time] = np.repeat([SPLITS.index(s) for s in sizes], list(sizes.values()))
     return split
+
+
+def per_user_sizes(counts: np.ndarray, valid_fraction: float, test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(valid, test)`` rows of each user with ``counts`` logged rows under ``"per-user-time"``.
+
+    ``round(count * fraction)``, at least 1 for a fraction above 0, capped so one train row remains;
+    0 and 0 for users with fewer rows than the splits to fill (see the module docstring).
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    wants_valid, wants_test = int(valid_fraction > 0), int(test_fraction > 0)
+    enough = counts >= 1 + wants_valid + wants_test
+    test = np.maximum(np.rint(counts * test_fraction).astype(np.int64), wants_test)
+    test = np.minimum(test, counts - 1 - wants_valid)
+    valid = np.maximum(np.rint(counts * valid_fraction).astype(np.int64), wants_valid)
+    valid = np.minimum(valid, counts - 1 - test)
+    return np.where(enough, valid, 0), np.where(enough, test, 0)
+
+
+def _assign_splits_per_user(
+    path: Path, user: np.ndarray, ts: np.ndarray, to_ood: np.ndarray, valid_fraction: float, test_fraction: float
+) -> tuple[np.ndarray, int]:
+    """Like :func:`_assign_splits`, but each user's last logged rows are its valid and test_id rows.
+
+    Also returns the number of users who keep all their logged rows in train (too few of them).
+    """
+    split = np.full(len(ts), SPLITS.index("test_ood"), dtype=np.int8)
+    logged = np.flatnonzero(~to_ood)
+    order = logged[np.lexsort((ts[logged], user[logged]))]  # by user, then time; lexsort is stable
+    users, first, counts = np.unique(user[order], return_index=True, return_counts=True)
+    valid, test = per_user_sizes(counts, valid_fraction, test_fraction)
+    from_end = np.repeat(first + counts, counts) - 1 - np.arange(len(order))  # 0 = the user's last row
+    code = np.full(len(order), SPLITS.index("train"), dtype=np.int8)
+    code[from_end < np.repeat(test + valid, counts)] = SPLITS.index("valid")
+    code[from_end < np.repeat(test, counts)] = SPLITS.index("test_id")
+    split[order] = code
+    wanted = {"train": 1.0, "valid": valid_fraction, "test_id": test_fraction}
+    if too_few := [s for s, f in wanted.items() if f > 0 and not (code == SPLITS.index(s)).any()]:
+        need = sum(f > 0 for f in wanted.values())
+        raise DataError(
+            f"{path}: no user has the {need} non-random rows needed to fill split(s) {too_few} per user "
+            f"({len(users)} users, {len(order)} non-random rows)"
+        )
+    return split, int(np.count_nonzero((valid == 0) & (test == 0) & (valid_fraction + test_fraction > 0)))
 
 
 def _write_splits(
@@ -394,6 +580,7 @@ def import_interactions(
     policy_col: str | None = None,
     propensity_col: str | None = None,
     random_col: str | None = None,
+    position_col: str | None = None,
     label_threshold: float | None = None,
     ood: Path | None = None,
     confounder_cols: Sequence[str] = (),
@@ -401,11 +588,13 @@ def import_interactions(
     sparse_sides: Mapping[str, Side] | None = None,
     valid_fraction: float = 0.1,
     test_fraction: float = 0.1,
+    split: str = "global-time",
     history_len: int = 20,
     partition: str = "day",
     name: str | None = None,
     prepare: Prepare | None = None,
     notes: Mapping[str, object] | None = None,
+    derive_confounders: bool = True,
     overwrite: bool = False,
 ) -> Manifest:
     """Import ``interactions`` (and optionally an ``ood`` log with the same columns) as a dataset at ``out``.
@@ -413,27 +602,35 @@ def import_interactions(
     Labels are ``label_col >= label_threshold`` when a threshold is given, else must be 0/1. Rows flagged
     random (``random_col`` true, or ``policy_col`` equal to ``"random"``) and all ``ood`` rows form
     ``test_ood``; the other rows are split by time into train, valid (``valid_fraction``) and test_id
-    (``test_fraction``). ``sparse_cols`` sides come from ``sparse_sides`` or are inferred (a function
-    of the item: ``item``; of the user: ``user``; else ``context``). MovieLens is
+    (``test_fraction``): over all of them (``split="global-time"``) or per user, each user's last rows
+    (``"per-user-time"``; see the module docstring). ``sparse_cols`` sides come from ``sparse_sides``
+    or are inferred (a function of the item: ``item``; of the user: ``user``; else ``context``). MovieLens is
     ``user_col="userId", item_col="movieId", label_col="rating", label_threshold=4.0``
     (``distrec.data.presets`` has it and Open Bandit ready-made). ``partition`` is ``"day"`` or
     ``"month"``; ``prepare`` derives columns from the raw tables first; ``notes`` are added to
-    ``manifest.source``. Bad input raises :class:`DataError` naming the file, column and count, and leaves no output.
+    ``manifest.source``. Unless ``derive_confounders`` is false, ``policy_col``, ``position_col`` (the
+    exposure's slot) and ``propensity_col`` also give the confounders ``conf_policy``, ``conf_position``
+    and ``conf_propensity`` (see the module docstring and :func:`exposure_confounders`). Bad input raises
+    :class:`DataError` naming the file, column and count, and leaves no output.
     """
     interactions, out = Path(interactions), Path(out)
     categorical = (*sparse_cols, *confounder_cols)
-    reserved = {*BASE_SCHEMA.names, TRUE_CTR}
+    reserved = {*BASE_SCHEMA.names, *TRUTHS}
     if clash := sorted({c for c in categorical if c in reserved or categorical.count(c) > 1}):
         raise ConfigError(f"sparse/confounder columns {clash} clash with each other or with canonical columns")
     if time_unit not in TIME_UNITS:
         raise ConfigError(f"time_unit {time_unit!r}: expected one of {sorted(TIME_UNITS)}")
     if not (0 <= valid_fraction < 1 and 0 <= test_fraction < 1 and valid_fraction + test_fraction < 1):
         raise ConfigError("valid_fraction and test_fraction must be in [0, 1) and sum to less than 1")
+    if split not in SPLIT_MODES:
+        raise ConfigError(f"split {split!r}: expected one of {list(SPLIT_MODES)}")
     if history_len < 0:
         raise ConfigError(f"history_len must be >= 0, not {history_len}")
     if partition not in PARTITIONS:
         raise ConfigError(f"partition {partition!r}: expected one of {sorted(PARTITIONS)}")
-    cols = _Columns(user_col, item_col, label_col, time_col, policy_col, propensity_col, random_col, categorical)
+    cols = _Columns(
+        user_col, item_col, label_col, time_col, policy_col, propensity_col, random_col, position_col, categorical
+    )
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
         ood = Path(ood) if ood is not None else None
@@ -451,19 +648,41 @@ def import_interactions(
         vocab = {USER: _vocab(logs[0].user), ITEM: _vocab(logs[0].item)}
         raw = {c: _concat([log.categorical[c] for log in logs]) for c in categorical}
         vocab |= {c: _vocab(values) for c, values in raw.items()}
+        policy, propensity = _concat([log.policy for log in logs]), _concat([log.propensity for log in logs])
         columns: dict[str, np.ndarray | pa.Array] = {
             USER: np.concatenate([_encode(log.user, vocab[USER]) for log in logs]),
             ITEM: np.concatenate([_encode(log.item, vocab[ITEM]) for log in logs]),
             LABEL: np.concatenate([log.label for log in logs]),
             TS: np.concatenate([log.ts for log in logs]),
-            POLICY: _concat([log.policy for log in logs]),
-            PROPENSITY: _concat([log.propensity for log in logs]),
+            POLICY: policy,
+            PROPENSITY: propensity,
             IS_RANDOM: np.concatenate([log.is_random for log in logs]),
             **{c: _encode(values, vocab[c]) for c, values in raw.items()},
         }
+        derived = Derived({}, {}, {}, {}, {})
+        if derive_confounders:
+            logged = np.concatenate([~logs[0].is_random, *(np.zeros(len(log.ts), bool) for log in logs[1:])])
+            positions = [log.position for log in logs if log.position is not None]
+            position = _concat(positions) if positions else None
+            derived = exposure_confounders(cols, policy, position, propensity, logged, set(categorical))
+            vocab |= derived.vocab
+            columns |= derived.codes
+        elif policy_col or position_col or propensity_col:
+            logger.info("derived confounders are turned off: only the explicit confounder columns are kept")
         user, item, ts = columns[USER], columns[ITEM], columns[TS]
         to_ood = columns[IS_RANDOM] | (np.arange(len(ts)) >= len(logs[0].ts))  # random rows and the OOD file
-        split = _assign_splits(interactions, ts, to_ood, valid_fraction, test_fraction)
+        split_notes: dict[str, object] = {
+            "split": split,
+            "valid_fraction": valid_fraction,
+            "test_fraction": test_fraction,
+        }
+        if split == "per-user-time":
+            assigned, train_only = _assign_splits_per_user(
+                interactions, user, ts, to_ood, valid_fraction, test_fraction
+            )
+            split_notes["split_train_only_users"] = train_only
+        else:
+            assigned = _assign_splits(interactions, ts, to_ood, valid_fraction, test_fraction)
         history = history_index(user, ts, item, columns[LABEL] == 1, history_len)
 
         sides = dict(sparse_sides or {})
@@ -477,7 +696,7 @@ def import_interactions(
                     for c in sparse_cols
                 ),
             ],
-            confounders={c: len(vocab[c]) for c in confounder_cols},
+            confounders={**{c: len(vocab[c]) for c in confounder_cols}, **derived.cardinality},
             history_max_len=history_len,
             source={
                 "importer": "distrec.data.importer",
@@ -491,17 +710,23 @@ def import_interactions(
                     "policy": policy_col,
                     "propensity": propensity_col,
                     "random": random_col,
+                    "position": position_col,
                 },
                 "label_threshold": label_threshold,
                 "time_unit": time_unit,
                 "ood_dropped_rows": dropped,
                 "partition": partition,
+                **split_notes,
+                "derive_confounders": derive_confounders,
+                "derived_confounders": derived.notes,
+                **({"derived_confounders_skipped": derived.skipped} if derived.skipped else {}),
+                **({"propensity_edges": derived.propensity_edges} if derived.propensity_edges is not None else {}),
                 "vocab": {f: f"vocab/{f}.parquet" for f in vocab},
                 **({"prepared": prepared} if prepared else {}),
                 **dict(notes or {}),
             },
         )
-        _write_splits(tmp, out, manifest, columns, split, history, partition)
+        _write_splits(tmp, out, manifest, columns, assigned, history, partition)
         (tmp / "vocab").mkdir()
         for feature, values in vocab.items():
             vocab_table = pa.table({"raw": values, "index": np.arange(len(values), dtype=np.int64)})

@@ -6,8 +6,15 @@ pyarrow/numpy, before the importer checks them. Explicit arguments override the 
 (:func:`resolve`); a derived column is built whether or not the final arguments use it.
 
 ``movielens``
-    MovieLens ``ratings.csv`` (``userId, movieId, rating, timestamp``): label ``rating >= 4``, split by
-    time, monthly partitions (22 years: daily ones would be ~4,000 tiny files). Confounder
+    MovieLens ``ratings.csv`` (``userId, movieId, rating, timestamp``): label ``rating >= 4``, split per
+    user by time (``split="per-user-time"``: each user's last 10% of ratings, at least one, are test_id
+    and the 10% before them valid), monthly partitions (22 years: daily ones would be ~4,000 tiny
+    files). Not the importer's global time cut: MovieLens users rate in bursts, so the last 10% of the
+    log belongs to few users, most of them new (on ml-latest-small 74 test_id users, 55 of them in
+    activity group q1, 54 without any train row, none in q3/q4; 92% of the test rows from q1), and the
+    activity-group analysis measured cold start only; per user, every user with 3+ ratings is in train
+    and test_id (on ml-latest-small all 610 users, 20% of them in each quintile).
+    ``--split global-time`` restores the global cut. Confounder
     ``conf_popularity``: the item's popularity quintile (its number of ratings in the file; edges are
     row-weighted quantiles), a descriptor used by the CRL penalty only, never a model input.
     MovieLens has no random exposures, so the dataset has no ``test_ood`` split (not an empty one).
@@ -15,14 +22,22 @@ pyarrow/numpy, before the importer checks them. Explicit arguments override the 
     Open Bandit Dataset logs: train/valid/test_id from the Bernoulli-TS log
     (``bts/<campaign>/<campaign>.csv``), ``test_ood`` from the uniform-random log of the same campaign
     (``--ood``; by default ``random/<campaign>/<campaign>.csv`` beside ``bts/`` when it exists).
-    Label ``click``, propensity ``propensity_score``. There is no user id: the user is the combination
+    Label ``click``, propensity ``propensity_score``. The split stays the global time cut
+    (``"global-time"``, the importer's default): test_ood is the whole random log, not a per-user
+    hold-out, and test_id stays a later period of the same logging policy (as the Open Bandit
+    Pipeline's ``is_timeseries_split``); the "users" are combinations of four hashed user features,
+    each shared by many visitors, so "a user's last interactions" has no sequential meaning; and the
+    cut leaves few cold-start test users (on the small sample 7% of the test_id users are in q1, 1% of
+    its rows). There is no user id: the user is the combination
     of the four hashed ``user_feature_*`` columns (``user_key``, joined with ``|``, exact and reversible
-    through ``vocab/user_id.parquet``), which also stay user-side sparse features. Confounders:
-    ``conf_position`` (the slot, 1-3) and ``conf_propensity`` (quintile bins of the propensity, edges
-    from the main log, applied to both logs). ``item_feature_1..3`` of the main log's
-    ``item_context.csv`` are joined by item as item-side sparse features (each log ships its own
-    salted hashes of the same features, so the main log's table serves both). The policy column is
-    ``bts`` / ``random``; the policy is constant within each log, so it is no confounder for training.
+    through ``vocab/user_id.parquet``), which also stay user-side sparse features. Confounders, derived
+    by the importer like those of any log (``derive_confounders``; ``--no-derived-confounders`` drops
+    them): ``conf_position`` (the slot, 1-3, from ``position_col="position"``) and ``conf_propensity``
+    (quintile buckets of the propensity, edges from the main log, applied to both logs).
+    ``item_feature_1..3`` of the main log's ``item_context.csv`` are joined by item as item-side sparse
+    features (each log ships its own salted hashes of the same features, so the main log's table
+    serves both). The policy column is ``bts`` / ``random``; the policy is constant on the logged
+    (Bernoulli-TS) rows, so the importer derives no ``conf_policy`` from it.
 """
 
 from __future__ import annotations
@@ -38,13 +53,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from distrec.data.importer import import_interactions, read_table
+from distrec.data.importer import (
+    BINS,
+    CONF_POSITION,
+    CONF_PROPENSITY,
+    bucketize,
+    import_interactions,
+    quantile_edges,
+    read_table,
+)
 from distrec.data.schema import Manifest
 from distrec.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
-
-BINS = 5  # quantile bins of the popularity and propensity confounders
 
 Options = dict[str, Any]
 Prepared = tuple[pa.Table, pa.Table | None, dict[str, object]]
@@ -76,34 +97,13 @@ def _common(a: pa.ChunkedArray, b: pa.ChunkedArray) -> tuple[pa.ChunkedArray, pa
     return (a, b) if a.type.equals(b.type) else (a.cast(pa.string()), b.cast(pa.string()))
 
 
-def quantile_edges(values: np.ndarray, bins: int = BINS) -> np.ndarray:
-    """Inner edges of ``bins`` quantile bins of the finite ``values`` (duplicates merged)."""
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return np.zeros(0)
-    return np.unique(np.quantile(finite, np.linspace(0, 1, bins + 1)[1:-1]))
-
-
-def bucketize(values: np.ndarray, edges: np.ndarray) -> pa.Array:
-    """Bin index (number of edges <= value) of each value as int64; NaN gives null, a category of its own."""
-    bucket = np.searchsorted(edges, values, side="right").astype(np.int64)
-    return pa.array(bucket, pa.int64(), mask=~np.isfinite(values))
-
-
-def _floats(path: Path, table: pa.Table, name: str) -> np.ndarray:
-    col = _plain(table[name])
-    if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
-        raise DataError(f"{path}: column {name!r}: type {col.type} is not numeric")
-    return col.cast(pa.float64()).fill_null(np.nan).to_numpy()
-
-
 # ---------------------------------------------------------------------------------------------- MovieLens
 
 CONF_POPULARITY = "conf_popularity"
 
 
 def movielens(interactions: Path, ood: Path | None) -> Options:
-    """MovieLens ratings: ``rating >= 4`` positive, monthly partitions, an item popularity confounder."""
+    """MovieLens ratings: ``rating >= 4`` positive, split per user by time, monthly partitions, a confounder."""
     return {
         "user_col": "userId",
         "item_col": "movieId",
@@ -112,6 +112,7 @@ def movielens(interactions: Path, ood: Path | None) -> Options:
         "time_col": "timestamp",
         "time_unit": "s",
         "confounder_cols": [CONF_POPULARITY],
+        "split": "per-user-time",
         "partition": "month",
         "name": "movielens",
     }
@@ -145,8 +146,7 @@ OBD_USER_FEATURES = [f"user_feature_{i}" for i in range(4)]
 OBD_ITEM_FEATURES = [f"item_feature_{i}" for i in range(1, 4)]  # item_feature_0 is numeric: not imported
 OBD_USER = "user_key"
 OBD_POLICY = "behavior_policy"
-CONF_POSITION = "conf_position"
-CONF_PROPENSITY = "conf_propensity"
+OBD_CONFOUNDERS = (CONF_POSITION, CONF_PROPENSITY)  # derived by the importer from position_col and propensity_col
 OBD_POLICIES = ("bts", "random")
 
 
@@ -184,10 +184,11 @@ def open_bandit(interactions: Path, ood: Path | None) -> Options:
         "time_col": "timestamp",
         "policy_col": OBD_POLICY,
         "propensity_col": "propensity_score",
+        "position_col": "position",
         "ood": ood,
-        "confounder_cols": [CONF_POSITION, CONF_PROPENSITY],
         "sparse_cols": [*OBD_USER_FEATURES, *item_features],
         "sparse_sides": {**dict.fromkeys(OBD_USER_FEATURES, "user"), **dict.fromkeys(OBD_ITEM_FEATURES, "item")},
+        "split": "global-time",
         "partition": "day",
         "name": f"open-bandit-{interactions.resolve().parent.name}",
     }
@@ -202,17 +203,15 @@ def _item_lookup(path: Path, context: pa.Table, item: str, items: pa.ChunkedArra
 
 
 def prepare_open_bandit(options: Mapping[str, Any], main: pa.Table, ood: pa.Table | None) -> Prepared:
-    """Add ``user_key``, ``behavior_policy``, ``conf_position``, ``conf_propensity`` and item features."""
+    """Add ``user_key``, ``behavior_policy`` and item features (the importer derives the confounders)."""
     interactions: Path = options["interactions"]
     item = options["item_col"]
-    propensity = options.get("propensity_col") or "propensity_score"
-    required = [*OBD_USER_FEATURES, item, "position", propensity]
+    required = [*OBD_USER_FEATURES, item]
     logs = [(interactions, main, _campaign_policy(interactions, "bts"))]
     if ood is not None:
         logs.append((options["ood"], ood, _campaign_policy(options["ood"], "random")))
     for path, table, _ in logs:
         _require(path, table, required, "an Open Bandit log")
-    edges = quantile_edges(_floats(interactions, main, propensity))
 
     context_path = _item_context(interactions)
     context = None
@@ -221,13 +220,10 @@ def prepare_open_bandit(options: Mapping[str, Any], main: pa.Table, ood: pa.Tabl
         _require(context_path, context, ["item_id", *OBD_ITEM_FEATURES], "Open Bandit item context")
 
     out = []
-    for path, table, policy in logs:
+    for _, table, policy in logs:
         user = pc.binary_join_element_wise(*(_plain(table[c]).cast(pa.string()) for c in OBD_USER_FEATURES), "|")
-        table = (
-            table.append_column(OBD_USER, user)
-            .append_column(OBD_POLICY, pa.repeat(pa.scalar(policy), table.num_rows))
-            .append_column(CONF_POSITION, _plain(table["position"]))
-            .append_column(CONF_PROPENSITY, bucketize(_floats(path, table, propensity), edges))
+        table = table.append_column(OBD_USER, user).append_column(
+            OBD_POLICY, pa.repeat(pa.scalar(policy), table.num_rows)
         )
         if context is not None:
             rows = _item_lookup(context_path, context, item, table[item])
@@ -237,7 +233,6 @@ def prepare_open_bandit(options: Mapping[str, Any], main: pa.Table, ood: pa.Tabl
     notes = {
         "user_id": f"{OBD_USER}: {'|'.join(OBD_USER_FEATURES)}",
         "policies": {str(path): policy for path, _, policy in logs},
-        "conf_propensity": {"of": propensity, "edges": edges.tolist(), "bins": BINS},
         "item_context": str(context_path) if context_path else None,
     }
     return out[0], out[1] if ood is not None else None, notes
@@ -247,7 +242,10 @@ def prepare_open_bandit(options: Mapping[str, Any], main: pa.Table, ood: pa.Tabl
 
 PRESETS: dict[str, Preset] = {
     "movielens": Preset(
-        "movielens", "MovieLens ratings.csv: rating >= 4, monthly partitions", movielens, prepare_movielens
+        "movielens",
+        "MovieLens ratings.csv: rating >= 4, per-user time split, monthly partitions",
+        movielens,
+        prepare_movielens,
     ),
     "open-bandit": Preset(
         "open-bandit", "Open Bandit: Bernoulli-TS log, uniform-random --ood", open_bandit, prepare_open_bandit
@@ -255,7 +253,7 @@ PRESETS: dict[str, Preset] = {
 }
 
 # import_interactions' own defaults, for the arguments a prepare step reads
-_BASE = {"item_col": "item_id", "propensity_col": None, "ood": None}
+_BASE = {"item_col": "item_id", "ood": None}
 
 
 def resolve(preset: str | None, interactions: str | Path, **overrides: Any) -> Options:

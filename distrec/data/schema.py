@@ -19,6 +19,7 @@ One Parquet row is one exposure (an item shown to a user) with these columns:
     <dense>        float32 extra numeric features
     <confounder>   int64   observed confounders C, categorical in [0, cardinality)
     true_ctr       float32 optional; the true click probability (synthetic data only)
+    p_obs, p_do    float32 optional; the observational and interventional truths (synthetic data only)
 
 Ids are already indices: importers map raw ids to them, so readers never see strings.
 The manifest names the feature columns, their cardinalities and roles, and the splits.
@@ -45,6 +46,9 @@ PROPENSITY = "propensity"
 IS_RANDOM = "is_random"
 HISTORY = "hist_item_ids"
 TRUE_CTR = "true_ctr"
+P_OBS = "p_obs"  # synthetic: the observational Bayes probability P(Y | u, i) under the logging policy
+P_DO = "p_do"  # synthetic: the interventional probability P(Y | u, do(i)), the exposure confounder averaged out
+TRUTHS = (TRUE_CTR, P_OBS, P_DO)
 
 SPLITS = ("train", "valid", "test_id", "test_ood")
 MANIFEST = "manifest.json"
@@ -137,7 +141,7 @@ class Manifest:
         fields += [pa.field(d, pa.float32(), nullable=False) for d in self.dense]
         fields += [pa.field(c, pa.int64(), nullable=False) for c in self.confounders]
         if self.has_true_ctr:
-            fields.append(pa.field(TRUE_CTR, pa.float32(), nullable=False))
+            fields += [pa.field(name, pa.float32(), nullable=False) for name in TRUTHS]
         return pa.schema(fields)
 
     def files(self, root: str | Path, split: str) -> list[Path]:

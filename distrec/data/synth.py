@@ -1,24 +1,37 @@
-"""Synthetic confounded interaction logs from a structural causal model with known ground truth.
+"""Synthetic confounded interaction logs from a structural causal model with exact ground truth.
 
 The SCM (constants below, all recorded in ``manifest.source``)::
 
     user u:      p_u ~ N(0, I_dim)          latent preferences
-                 a_u ~ N(0, 1)              user-level confounder (unobserved)
+                 a_u ~ N(0, 1)              a stable user trait (unobserved): raises clicks, and activity
+                 w_u = exp(activity * xi_u + ACTIVITY_TRAIT * a_u)   activity: rows are drawn with P(u) ~ w_u,
+                                            lognormal, so the most active fifth has >10x the rows of the least
     item i:      q_i ~ N(0, I_dim)          causal embedding
                  b_i ~ N(0, POP_SD^2)       popularity bias
                  s_i in {0..T-1}            spurious tag, observed as sparse feature ``item_tag``
                  sgn(s) = +1 for even tags, -1 for odd tags
-    exposure:    U = rho * a_u + sqrt(1 - rho^2) * eps        session mood (unobserved)
-                 logging policy: P(sgn = +1 | U) = sigmoid(confounding * U), then an item of that sign
-                 with P(i | sgn) proportional to exp(pop_tilt * b_i); propensity = P(sgn | U) * P(i | sgn)
+    exposure:    V ~ N(0, 1) per row        the session confounder (unobserved), independent of the user
+                 logging policy: P(sgn = +1 | V) = sigmoid(confounding * V), then an item of that sign
+                 with P(i | sgn) proportional to exp(pop_tilt * b_i); propensity = P(sgn | V) * P(i | sgn)
                  flipped policy: the same with -confounding; random policy: uniform, propensity 1/items
-    click:       true_ctr = sigmoid(B0 + W_C * p_u.q_i / sqrt(dim) + b_i + W_U * U),  label ~ Bernoulli
+    click:       eta = B0 + W_C * p_u.q_i / sqrt(dim) + b_i + W_A * a_u
+                 true_ctr = sigmoid(eta + W_V * V),  label ~ Bernoulli(true_ctr)
 
-The tag has no effect on clicks; under the logging policy it correlates with clicks only through U, and
-under the flipped policy (split ``test_ood``) that correlation changes sign. Each user's history is a
-fixed list of past positives (oldest first) drawn under the logging policy with moods driven by a_u,
-so history composition also carries the confounder. Observed confounders: ``conf_mood`` (a noisy proxy
-of U in 8 quantile buckets) and ``conf_policy`` (0 logging, 1 random, 2 flipped).
+The tag has no effect on clicks; under the logging policy it correlates with clicks only through V, and
+under the flipped policy (split ``test_ood``) that correlation changes sign. The observed confounders
+describe the exposure, not the user: ``conf_session`` (a noisy proxy of V in 8 quantile buckets) and
+``conf_policy`` (0 logging, 1 random, 2 flipped). Each user's history is a fixed list of past positives
+(oldest first) drawn under the logging policy; its length grows with the user's activity.
+
+Exact truths per row, by Gauss-Hermite quadrature over V (``TRUTH_NODES`` nodes):
+
+    p_do   = E_V[sigmoid(eta + W_V V)]                     P(Y | u, do(i)): what a deconfounded model can learn
+    p_obs  = E[sigmoid(eta + W_V V) | sgn(s_i) shown by the logging policy]    the logs' Bayes predictor
+           = int sigmoid(eta + W_V v) e(v) phi(v) dv / int e(v) phi(v) dv,  e(v) = sigmoid(sgn * confounding * v)
+
+``p_obs`` uses the logging policy on every split (on test_ood too: it is what a perfect fit of the logs
+predicts there), so AUC(p_obs) and AUC(p_do) on test_ood are the observational and interventional
+ceilings. ``true_ctr`` also knows the row's V: an oracle, no model's target.
 
 Every random draw of row k comes from a counter-based generator keyed by (seed, stream, k), so the data
 depend on the seed only: ``chunk_rows`` and ``rows_per_file`` change memory use and file layout, not rows.
@@ -43,6 +56,8 @@ from distrec.data.schema import (
     IS_RANDOM,
     ITEM,
     LABEL,
+    P_DO,
+    P_OBS,
     POLICY,
     PROPENSITY,
     TRUE_CTR,
@@ -57,15 +72,18 @@ from distrec.io import atomic_dir
 
 B0 = -1.6  # click intercept
 W_C = 1.5  # weight of the causal preference p_u.q_i / sqrt(dim)
-W_U = 1.0  # weight of the unobserved mood U
+W_A = 0.5  # weight of the stable user trait a_u
+W_V = 1.0  # weight of the session confounder V
+ACTIVITY_TRAIT = 0.3  # how much a_u raises a user's activity
 POP_SD = 0.5  # standard deviation of the item popularity bias b_i
 HISTORY_DRAWS = 6  # exposures simulated per history slot; users with few clicks get shorter histories
-MOOD_BUCKETS = 8
+SESSION_BUCKETS = 8
+TRUTH_NODES = 48
 EVAL_FRACTION = 0.1  # share of rows in each of valid, test_id and test_ood
 START_DAY = dt.date(2026, 1, 1)
 
 TAG = "item_tag"
-CONF_MOOD = "conf_mood"
+CONF_SESSION = "conf_session"
 CONF_POLICY = "conf_policy"
 LOGGING, RANDOM, FLIPPED = "policy_ts", "random", "policy_flipped"
 POLICY_CODE = {LOGGING: 0, RANDOM: 1, FLIPPED: 2}
@@ -120,7 +138,8 @@ class _World:
     """Latent variables of users and items, and the policy's per-sign item distributions."""
 
     pref: np.ndarray  # (users, dim) p_u
-    conf: np.ndarray  # (users,) a_u
+    trait: np.ndarray  # (users,) a_u
+    user_cdf: np.ndarray  # (users,) cumulative P(u), proportional to the activity w_u
     emb: np.ndarray  # (items, dim) q_i
     bias: np.ndarray  # (items,) b_i
     tag: np.ndarray  # (items,) s_i
@@ -128,19 +147,19 @@ class _World:
     groups: tuple[np.ndarray, np.ndarray]  # items of sign -1 and of sign +1
     cdfs: tuple[np.ndarray, np.ndarray]  # cumulative P(i | sgn) over each group
     p_in_group: np.ndarray  # (items,) P(i | sgn(s_i))
-    rho: float
     confounding: float
 
-    def mood(self, users: np.ndarray, eps: np.ndarray) -> np.ndarray:
-        return self.rho * self.conf[users] + math.sqrt(1.0 - self.rho**2) * eps
+    def users(self, u: np.ndarray) -> np.ndarray:
+        """Users drawn in proportion to their activity, from uniforms ``u``."""
+        return np.minimum(np.searchsorted(self.user_cdf, u, side="right"), len(self.trait) - 1)
 
     def expose(
-        self, mood: np.ndarray, flip: bool, u_sign: np.ndarray, u_item: np.ndarray
+        self, session: np.ndarray, flip: bool, u_sign: np.ndarray, u_item: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Items the (possibly flipped) logging policy shows at these moods, with their propensities."""
-        p_plus = _sigmoid((-1.0 if flip else 1.0) * self.confounding * mood)
+        """Items the (possibly flipped) logging policy shows in these sessions, with their propensities."""
+        p_plus = _sigmoid((-1.0 if flip else 1.0) * self.confounding * session)
         plus = u_sign < p_plus
-        items = np.empty(len(mood), dtype=np.int64)
+        items = np.empty(len(session), dtype=np.int64)
         for sign, (group, cdf) in enumerate(zip(self.groups, self.cdfs, strict=True)):
             rows = plus == bool(sign)
             pick = np.minimum(np.searchsorted(cdf, u_item[rows], side="right"), len(group) - 1)
@@ -148,17 +167,35 @@ class _World:
         propensity = np.where(plus, p_plus, 1.0 - p_plus) * self.p_in_group[items]
         return items, propensity
 
-    def ctr(self, users: np.ndarray, items: np.ndarray, mood: np.ndarray) -> np.ndarray:
+    def logit(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """eta: the click logit without the session confounder."""
         affinity = np.einsum("nd,nd->n", self.pref[users], self.emb[items]) / math.sqrt(self.pref.shape[1])
-        return _sigmoid(B0 + W_C * affinity + self.bias[items] + W_U * mood)
+        return B0 + W_C * affinity + self.bias[items] + W_A * self.trait[users]
+
+    def ctr(self, users: np.ndarray, items: np.ndarray, session: np.ndarray) -> np.ndarray:
+        return _sigmoid(self.logit(users, items) + W_V * session)
+
+    def truths(self, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(p_obs, p_do) of each row (see the module docstring), by Gauss-Hermite quadrature over V."""
+        nodes, weights = np.polynomial.hermite_e.hermegauss(TRUTH_NODES)  # for the weight exp(-v^2 / 2)
+        weights = weights / weights.sum()
+        eta = self.logit(users, items)[:, None]
+        click = _sigmoid(eta + W_V * nodes[None, :])  # [rows, nodes]
+        sign = np.where(self.positive[items], 1.0, -1.0)[:, None]
+        exposure = _sigmoid(sign * self.confounding * nodes[None, :])  # P(sign | v) under logging
+        p_do = click @ weights
+        p_obs = (click * exposure) @ weights / (exposure @ weights)
+        return p_obs, p_do
 
 
 def _world(
-    users: int, items: int, dim: int, num_tags: int, pop_tilt: float, rho: float, confounding: float, seed: int
+    users: int, items: int, dim: int, num_tags: int, pop_tilt: float, activity: float, confounding: float, seed: int
 ) -> _World:
     rng = np.random.default_rng(seed)
     pref = rng.standard_normal((users, dim))
-    conf = rng.standard_normal(users)
+    trait = rng.standard_normal(users)
+    weight_u = np.exp(activity * rng.standard_normal(users) + ACTIVITY_TRAIT * trait)
+    user_cdf = np.cumsum(weight_u) / weight_u.sum()
     emb = rng.standard_normal((items, dim))
     bias = POP_SD * rng.standard_normal(items)
     tag = rng.permutation(np.arange(items) % num_tags)
@@ -170,12 +207,17 @@ def _world(
         np.cumsum(weight[groups[1]]) / weight[groups[1]].sum(),
     )
     p_in_group = weight / np.where(positive, weight[groups[1]].sum(), weight[groups[0]].sum())
-    return _World(pref, conf, emb, bias, tag, positive, groups, cdfs, p_in_group, rho, confounding)
+    return _World(pref, trait, user_cdf, emb, bias, tag, positive, groups, cdfs, p_in_group, confounding)
 
 
 def _histories(world: _World, rng: _Counter, history_len: int, block_users: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-user past positives under the logging policy: (flat item ids, per-user lengths)."""
-    users = len(world.conf)
+    """Per-user past positives under the logging policy: (flat item ids, per-user lengths).
+
+    A user's history is capped at ``history_len`` times the user's activity relative to the median user.
+    """
+    weight = np.diff(np.concatenate([[0.0], world.user_cdf]))
+    activity_share = np.clip(weight / np.median(weight), 0.0, 1.0)
+    users = len(world.trait)
     draws = HISTORY_DRAWS * history_len
     flat: list[np.ndarray] = []
     lengths = np.zeros(users, dtype=np.int64)
@@ -183,10 +225,12 @@ def _histories(world: _World, rng: _Counter, history_len: int, block_users: int)
         hi = min(users, lo + block_users)
         user = np.repeat(np.arange(lo, hi), draws)
         k = np.arange(lo * draws, hi * draws)
-        mood = world.mood(user, rng.normal(_Stream.HIST_EPS_A, _Stream.HIST_EPS_B, k))
-        item, _ = world.expose(mood, False, rng.uniform(_Stream.HIST_SIGN, k), rng.uniform(_Stream.HIST_ITEM, k))
-        click = (rng.uniform(_Stream.HIST_CLICK, k) < world.ctr(user, item, mood)).reshape(hi - lo, draws)
-        keep = click & (np.cumsum(click, axis=1) <= history_len)
+        session = rng.normal(_Stream.HIST_EPS_A, _Stream.HIST_EPS_B, k)
+        item, _ = world.expose(session, False, rng.uniform(_Stream.HIST_SIGN, k), rng.uniform(_Stream.HIST_ITEM, k))
+        click = (rng.uniform(_Stream.HIST_CLICK, k) < world.ctr(user, item, session)).reshape(hi - lo, draws)
+        # a user's history holds at most as many positives as the user is active (tail users: short ones)
+        cap = np.minimum(history_len, np.ceil(history_len * activity_share[lo:hi])).astype(np.int64)
+        keep = click & (np.cumsum(click, axis=1) <= cap[:, None])
         lengths[lo:hi] = keep.sum(axis=1)
         flat.append(item.reshape(hi - lo, draws)[keep])
     return np.concatenate(flat), lengths
@@ -227,25 +271,26 @@ def _chunk(
     lo: int,
     hi: int,
     history: tuple[np.ndarray, np.ndarray, np.ndarray],
-    mood_edges: np.ndarray,
-    mood_noise: float,
+    session_edges: np.ndarray,
+    session_noise: float,
     schema: pa.Schema,
 ) -> pa.Table:
     """Rows ``lo:hi`` of one partition."""
-    n_users, n_items = len(world.conf), len(world.bias)
+    n_items = len(world.bias)
     local = np.arange(lo, hi)
     k = part.offset + local
-    user = np.minimum((rng.uniform(_Stream.USER, k) * n_users).astype(np.int64), n_users - 1)
-    mood = world.mood(user, rng.normal(_Stream.EPS_A, _Stream.EPS_B, k))
+    user = world.users(rng.uniform(_Stream.USER, k))
+    session = rng.normal(_Stream.EPS_A, _Stream.EPS_B, k)
     u_item = rng.uniform(_Stream.ITEM, k)
-    item, propensity = world.expose(mood, part.flip, rng.uniform(_Stream.SIGN, k), u_item)
+    item, propensity = world.expose(session, part.flip, rng.uniform(_Stream.SIGN, k), u_item)
     is_random = rng.uniform(_Stream.RANDOM, k) < part.random_fraction
     item[is_random] = np.minimum((u_item[is_random] * n_items).astype(np.int64), n_items - 1)
     propensity[is_random] = 1.0 / n_items
-    ctr = world.ctr(user, item, mood)
+    ctr = world.ctr(user, item, session)
+    p_obs, p_do = world.truths(user, item)
     label = rng.uniform(_Stream.CLICK, k) < ctr
     policy = np.where(is_random, RANDOM, FLIPPED if part.flip else LOGGING)
-    proxy = mood + mood_noise * rng.normal(_Stream.PROXY_A, _Stream.PROXY_B, k)
+    proxy = session + session_noise * rng.normal(_Stream.PROXY_A, _Stream.PROXY_B, k)
     day_start = int(dt.datetime.combine(START_DAY, dt.time(), dt.UTC).timestamp()) + part.day * 86_400
     flat, starts, lengths = history
     columns = {
@@ -258,9 +303,11 @@ def _chunk(
         IS_RANDOM: is_random,
         HISTORY: gather_lists(flat, starts[user], lengths[user]),
         TAG: world.tag[item].astype(np.int64),
-        CONF_MOOD: np.searchsorted(mood_edges, proxy).astype(np.int64),
+        CONF_SESSION: np.searchsorted(session_edges, proxy).astype(np.int64),
         CONF_POLICY: np.where(is_random, POLICY_CODE[RANDOM], POLICY_CODE[FLIPPED if part.flip else LOGGING]),
         TRUE_CTR: ctr.astype(np.float32),
+        P_OBS: p_obs.astype(np.float32),
+        P_DO: p_do.astype(np.float32),
     }
     return pa.table(columns, schema=schema)
 
@@ -270,8 +317,9 @@ def _write_truth(root: Path, world: _World) -> None:
     (root / "scm").mkdir()
     dim = world.pref.shape[1]
     users = {
-        USER: np.arange(len(world.conf)),
-        "a": world.conf,
+        USER: np.arange(len(world.trait)),
+        "a": world.trait,
+        "activity": np.diff(np.concatenate([[0.0], world.user_cdf])),
         "p": pa.FixedSizeListArray.from_arrays(world.pref.ravel(), dim),
     }
     items = {
@@ -296,10 +344,10 @@ def synthesize(
     history_len: int = 20,
     random_fraction: float = 0.05,
     confounding: float = 2.0,
-    rho: float = 0.7,
+    activity: float = 1.0,
     num_tags: int = 16,
     pop_tilt: float = 0.5,
-    mood_noise: float = 0.5,
+    session_noise: float = 0.5,
     seed: int = 0,
     chunk_rows: int = 200_000,
     rows_per_file: int = 1_000_000,
@@ -318,17 +366,17 @@ def synthesize(
         raise ConfigError(
             "synthesize: need days >= 3, users >= 1, items >= 2, dim >= 1, num_tags >= 2, history_len >= 0, seed >= 0"
         )
-    if not (0.0 <= random_fraction <= 1.0 and 0.0 <= rho < 1.0 and chunk_rows >= 1 and rows_per_file >= 1):
-        raise ConfigError("synthesize: need 0 <= random_fraction <= 1, 0 <= rho < 1, chunk_rows, rows_per_file >= 1")
+    if not (0.0 <= random_fraction <= 1.0 and activity >= 0.0 and chunk_rows >= 1 and rows_per_file >= 1):
+        raise ConfigError("synthesize: need 0 <= random_fraction <= 1, activity >= 0, chunk_rows, rows_per_file >= 1")
     if chunk_rows * max(history_len, 1) >= 2**31:
         raise ConfigError("synthesize: chunk_rows * history_len must stay below 2**31 (Arrow list offsets)")
     plan = _plan(rows, days, random_fraction)
-    world = _world(users, items, dim, num_tags, pop_tilt, rho, confounding, seed)
+    world = _world(users, items, dim, num_tags, pop_tilt, activity, confounding, seed)
     rng = _Counter(seed)
     flat, lengths = _histories(world, rng, history_len, max(1, chunk_rows // max(1, HISTORY_DRAWS * history_len)))
     history = (flat, np.cumsum(lengths) - lengths, lengths)
-    mood_sd = math.sqrt(1.0 + mood_noise**2)  # U is N(0, 1) marginally; the proxy adds independent noise
-    mood_edges = np.array([mood_sd * NormalDist().inv_cdf(q / MOOD_BUCKETS) for q in range(1, MOOD_BUCKETS)])
+    proxy_sd = math.sqrt(1.0 + session_noise**2)  # V is N(0, 1); the proxy adds independent noise
+    edges = np.array([proxy_sd * NormalDist().inv_cdf(q / SESSION_BUCKETS) for q in range(1, SESSION_BUCKETS)])
 
     manifest = Manifest(
         name=name,
@@ -337,7 +385,7 @@ def synthesize(
             SparseFeature(ITEM, items, "item"),
             SparseFeature(TAG, num_tags, "item"),
         ],
-        confounders={CONF_MOOD: MOOD_BUCKETS, CONF_POLICY: len(POLICY_CODE)},
+        confounders={CONF_SESSION: SESSION_BUCKETS, CONF_POLICY: len(POLICY_CODE)},
         history_max_len=history_len,
         has_true_ctr=True,
         source={
@@ -353,14 +401,16 @@ def synthesize(
                 "history_draws": HISTORY_DRAWS,
                 "random_fraction": random_fraction,
                 "confounding": confounding,
-                "rho": rho,
+                "activity": activity,
+                "activity_trait": ACTIVITY_TRAIT,
                 "num_tags": num_tags,
                 "pop_tilt": pop_tilt,
                 "pop_sd": POP_SD,
-                "mood_noise": mood_noise,
+                "session_noise": session_noise,
                 "b0": B0,
                 "w_c": W_C,
-                "w_u": W_U,
+                "w_a": W_A,
+                "w_v": W_V,
                 "policies": POLICY_CODE,
                 "start_day": START_DAY.isoformat(),
             },
@@ -378,7 +428,7 @@ def synthesize(
                 with pq.ParquetWriter(directory / f"part-{f:05d}.parquet", schema) as writer:
                     for lo in range(start, min(part.rows, start + per_file), chunk_rows):
                         hi = min(part.rows, lo + chunk_rows)
-                        writer.write_table(_chunk(world, rng, part, lo, hi, history, mood_edges, mood_noise, schema))
+                        writer.write_table(_chunk(world, rng, part, lo, hi, history, edges, session_noise, schema))
         _write_truth(tmp, world)
         manifest.write(tmp)
     return manifest

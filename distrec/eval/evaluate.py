@@ -10,11 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 import torch
-from ray.train import Checkpoint
 
 from distrec.data.batch import BatchBuilder
-from distrec.data.schema import LABEL, USER, Manifest
-from distrec.eval.groups import group_counts_from_parquet, groups_from_counts
+from distrec.data.schema import LABEL, P_DO, TRUTHS, USER, Manifest
+from distrec.eval.groups import GROUP_NAMES, group_counts_from_parquet, groups_from_counts
 from distrec.eval.metrics import evaluate
 from distrec.train.export import load_export
 
@@ -24,19 +23,68 @@ EVAL_SPLITS = ("test_id", "test_ood")
 def score_files(
     model: torch.nn.Module, builder: BatchBuilder, files: list[Path], batch_size: int
 ) -> dict[str, np.ndarray]:
-    """Predicted probabilities with the users and labels of every row of ``files``."""
-    users, labels, probs = [], [], []
-    columns = sorted(set(builder.columns) | {USER, LABEL})
+    """Predicted probabilities with the users and labels (and, on synthetic data, the interventional
+    truth ``p_do``) of every row of ``files``."""
+    truth = [P_DO] if builder.manifest.has_true_ctr else []
+    out: dict[str, list[np.ndarray]] = {"users": [], "labels": [], "probs": [], **{t: [] for t in truth}}
+    columns = sorted(set(builder.columns) | {USER, LABEL, *truth})
     with torch.no_grad():
         for path in files:
             for record_batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns):
                 table = pa.Table.from_batches([record_batch])
-                probs.append(torch.sigmoid(model(builder(table))).numpy())
-                users.append(table.column(USER).to_numpy())
-                labels.append(table.column(LABEL).to_numpy())
-    if not probs:
-        return {"users": np.zeros(0, np.int64), "labels": np.zeros(0, np.float32), "probs": np.zeros(0, np.float32)}
-    return {"users": np.concatenate(users), "labels": np.concatenate(labels), "probs": np.concatenate(probs)}
+                out["probs"].append(torch.sigmoid(model(builder(table))).numpy())
+                out["users"].append(table.column(USER).to_numpy())
+                out["labels"].append(table.column(LABEL).to_numpy())
+                for t in truth:
+                    out[t].append(table.column(t).to_numpy())
+    empty = {"users": np.int64, "labels": np.float32, "probs": np.float32, **{t: np.float32 for t in truth}}
+    return {k: np.concatenate(v) if v else np.zeros(0, empty[k]) for k, v in out.items()}
+
+
+def causal_error(users: np.ndarray, probs: np.ndarray, truth: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
+    """RMSE and cross-entropy of predictions against the interventional truth P(Y | u, do(i)), overall
+    and per activity group: how far a model is from what a deconfounded model would predict."""
+
+    def errors(rows: np.ndarray) -> dict[str, float]:
+        p, t = np.clip(probs[rows].astype(np.float64), 1e-7, 1 - 1e-7), truth[rows].astype(np.float64)
+        if not rows.any():
+            return {"causal_rmse": float("nan"), "causal_logloss": float("nan")}
+        return {
+            "causal_rmse": float(np.sqrt(np.mean((p - t) ** 2))),
+            "causal_logloss": float(-np.mean(t * np.log(p) + (1 - t) * np.log1p(-p))),
+        }
+
+    out: dict[str, Any] = errors(np.ones(len(users), dtype=bool))
+    out["groups"] = {name: errors(groups[users] == g) for g, name in enumerate(GROUP_NAMES)}
+    return out
+
+
+def with_causal_error(metrics: dict[str, Any], scored: dict[str, np.ndarray], groups: np.ndarray) -> dict[str, Any]:
+    """``metrics`` (of ``evaluate``) with the causal errors merged in, overall and per group."""
+    if P_DO not in scored:
+        return metrics
+    error = causal_error(scored["users"], scored["probs"], scored[P_DO], groups)
+    for name, values in error.pop("groups").items():
+        metrics.get("groups", {}).get(name, {}).update(values)
+    return {**metrics, **error}
+
+
+def ceilings(root: str | Path, groups: np.ndarray, k: int) -> dict[str, dict[str, Any]]:
+    """On synthetic data, the metrics of the stored truths themselves, per test split: the ceilings
+    every model's AUC is read against (``p_obs``: a perfect fit of the logs; ``p_do``: a perfectly
+    deconfounded model; ``true_ctr``: an oracle that also sees the session confounder)."""
+    manifest = Manifest.read(root)
+    if not manifest.has_true_ctr:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for split in EVAL_SPLITS:
+        if split not in manifest.splits:
+            continue
+        tables = [pq.read_table(f, columns=[USER, LABEL, *TRUTHS]) for f in manifest.files(root, split)]
+        table = pa.concat_tables(tables)
+        users, labels = table.column(USER).to_numpy(), table.column(LABEL).to_numpy()
+        out[split] = {t: evaluate(users, labels, table.column(t).to_numpy(), groups=groups, k=k) for t in TRUTHS}
+    return out
 
 
 def activity_groups_of(manifest: Manifest, root: str | Path) -> np.ndarray:
@@ -57,26 +105,54 @@ def evaluate_export(
         if split not in manifest.splits:
             continue
         scored = score_files(model, builder, manifest.files(root, split), batch_size)
-        out[split] = evaluate(scored["users"], scored["labels"], scored["probs"], groups=groups, k=k)
+        metrics = evaluate(scored["users"], scored["labels"], scored["probs"], groups=groups, k=k)
+        out[split] = with_causal_error(metrics, scored, groups)
     return out
 
 
+_evaluate_export = ray.remote(num_cpus=1)(evaluate_export)
+
+
 @ray.remote(num_cpus=1)
-def _evaluate_checkpoint(
-    checkpoint: Checkpoint, root: str, groups: np.ndarray, k: int, batch_size: int
-) -> dict[str, Any]:
-    with checkpoint.as_directory() as directory:
-        return evaluate_export(directory, root, groups, k, batch_size)
+def _evaluate_peer(name: str, root: str, groups: np.ndarray, k: int, seed: int) -> tuple[dict[str, Any], dict]:
+    """A peer (``distrec.eval.peers``) tuned on valid, then scored on the test splits."""
+    from distrec.eval.peers import predict, read_ids, tune_mf
+
+    torch.set_num_threads(1)
+    manifest = Manifest.read(root)
+    model, chosen = tune_mf(manifest, root, seed)
+    out: dict[str, Any] = {}
+    for split in EVAL_SPLITS:
+        if split in manifest.splits:
+            users, items, labels = read_ids(manifest, root, split)
+            probs = predict(model, users, items)
+            scored = {"users": users, "probs": probs}
+            if manifest.has_true_ctr:
+                truth = pa.concat_tables(pq.read_table(f, columns=[P_DO]) for f in manifest.files(root, split))
+                scored[P_DO] = truth.column(P_DO).to_numpy()
+            out[split] = with_causal_error(evaluate(users, labels, probs, groups=groups, k=k), scored, groups)
+    return out, chosen
 
 
-def evaluate_checkpoints(
-    checkpoints: dict[str, Checkpoint], root: str | Path, k: int, batch_size: int
-) -> dict[str, dict[str, Any]]:
-    """Evaluate every model in parallel Ray tasks (on a cluster they run where the data is)."""
+def evaluate_exports(
+    exports: dict[str, Path],
+    root: str | Path,
+    k: int,
+    batch_size: int,
+    peers: tuple[str, ...] | list[str] = (),
+    seed: int = 0,
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict]]:
+    """Evaluate every model, and train and evaluate every peer, in parallel Ray tasks (on a cluster
+    they run where the data is). Returns the metrics by name and what each peer's search chose."""
     manifest = Manifest.read(root)
     groups_ref = ray.put(activity_groups_of(manifest, root))
     refs = {
-        name: _evaluate_checkpoint.remote(ckpt, str(root), groups_ref, k, batch_size)
-        for name, ckpt in checkpoints.items()
+        name: _evaluate_export.remote(str(directory), str(root), groups_ref, k, batch_size)
+        for name, directory in exports.items()
     }
-    return {name: ray.get(ref) for name, ref in refs.items()}
+    peer_refs = {name: _evaluate_peer.remote(name, str(root), groups_ref, k, seed) for name in peers}
+    metrics = {name: ray.get(ref) for name, ref in refs.items()}
+    chosen = {}
+    for name, ref in peer_refs.items():
+        metrics[name], chosen[name] = ray.get(ref)
+    return metrics, chosen

@@ -27,11 +27,16 @@ from matplotlib.figure import Figure
 from distrec.data.schema import SPLITS
 from distrec.io import atomic_write_bytes, atomic_write_text
 
-METRICS = ("auc", "gauc", "logloss", "ndcg@10", "recall@10")
 ID_OOD = ("test_id", "test_ood")
+CAUSAL = ("causal_rmse", "causal_logloss")  # synthetic data only: errors against P(Y | u, do(i))
 
 
-def heterogeneity(model_metrics: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+def metric_names(k: int) -> tuple[str, ...]:
+    """The report's metric columns, named after ``eval.k``."""
+    return ("auc", "gauc", "logloss", f"ndcg@{k}", f"recall@{k}")
+
+
+def heterogeneity(model_metrics: Mapping[str, Any], k: int = 10) -> dict[str, dict[str, float]]:
     """Head-tail gap (most minus least active group) and spread (std over groups) of each metric.
 
     ``model_metrics`` is one model's entry of the report (its ``"groups"`` are used) or a groups dict
@@ -43,7 +48,7 @@ def heterogeneity(model_metrics: Mapping[str, Any]) -> dict[str, dict[str, float
     out: dict[str, dict[str, float]] = {"head_tail_gap": {}, "spread": {}}
     if not names:
         return out
-    for metric in METRICS:
+    for metric in metric_names(k):
         values = np.array([_number(groups[g].get(metric)) for g in names], dtype=np.float64)
         defined = values[np.isfinite(values)]
         out["head_tail_gap"][metric] = float(values[-1] - values[0])
@@ -51,10 +56,16 @@ def heterogeneity(model_metrics: Mapping[str, Any]) -> dict[str, dict[str, float
     return out
 
 
-def build_report(run: Mapping[str, Any], models: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def build_report(
+    run: Mapping[str, Any],
+    models: Mapping[str, Mapping[str, Any]],
+    k: int = 10,
+    ceilings: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
     """The report dict from ``models[NAME][split]`` = :func:`distrec.eval.metrics.evaluate` output.
 
-    Adds each model's top-level ``"groups"`` (those of test_id) and the heterogeneity section.
+    Adds each model's top-level ``"groups"`` (those of test_id), the heterogeneity section and, on
+    synthetic data, the ``"ceilings"``: ``{split: {truth: metrics}}`` of the stored truths.
     """
     entries: dict[str, dict[str, Any]] = {}
     for name, splits in models.items():
@@ -63,7 +74,9 @@ def build_report(run: Mapping[str, Any], models: Mapping[str, Mapping[str, Any]]
     return {
         "run": dict(run),
         "models": entries,
-        "heterogeneity": {name: heterogeneity(entry) for name, entry in entries.items()},
+        "heterogeneity": {name: heterogeneity(entry, k) for name, entry in entries.items()},
+        "ceilings": dict(ceilings or {}),
+        "k": k,
     }
 
 
@@ -85,6 +98,10 @@ def write_report(run_dir: Path, report: Mapping[str, Any]) -> None:
     if any(s in models[m] for m in models for s in ID_OOD):
         plots.append(("id_vs_ood.png", "AUC, in-distribution vs out-of-distribution test"))
         atomic_write_bytes(run_dir / plots[-1][0], _id_vs_ood_plot(models))
+    curves = {name: t["curve"] for name, t in data["run"].get("training", {}).items() if t.get("curve")}
+    if curves:
+        plots.append(("training_curves.png", "Training loss and valid AUC per epoch"))
+        atomic_write_bytes(run_dir / plots[-1][0], _curves_plot(curves))
     atomic_write_text(run_dir / "report.md", _markdown(data, plots))
 
 
@@ -136,14 +153,11 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 def _markdown(report: Mapping[str, Any], plots: list[tuple[str, str]]) -> str:
     run, models = report["run"], report["models"]
+    metrics = metric_names(int(report.get("k", 10)))
+    causal = [c for c in CAUSAL if any(c in m.get(s, {}) for m in models.values() for s in ID_OOD)]
     lines = ["# Evaluation report", "", "## Run", ""]
     for key in ("dataset", "rows", "seconds"):
         lines.append(f"- **{key}**: {_fmt(run.get(key))}")
-    config = run.get("config")
-    if isinstance(config, Mapping):
-        lines += ["- **config**:", "", "```json", json.dumps(config, indent=2), "```"]
-    else:
-        lines.append(f"- **config**: {_fmt(config)}")
     lines += [
         "",
         "Groups q1..q5 are quintiles of users by training interactions (q1 least active, q5 = head).",
@@ -152,8 +166,20 @@ def _markdown(report: Mapping[str, Any], plots: list[tuple[str, str]]) -> str:
     ]
     for split in _splits(models):
         lines += [f"## {split}", ""]
-        rows = [[m, *(models[m].get(split, {}).get(k) for k in (*METRICS, "rows"))] for m in models]
-        lines += _table(["model", *METRICS, "rows"], rows)
+        rows = [[m, *(models[m].get(split, {}).get(k) for k in (*metrics, *causal, "rows"))] for m in models]
+        lines += _table(["model", *metrics, *causal, "rows"], rows)
+    for split, truths in (report.get("ceilings") or {}).items():
+        lines += [f"## Ceilings on {split}: the stored truths as predictors", ""]
+        lines += [
+            "p_obs: a perfect fit of the logs; p_do: a perfectly deconfounded model, P(Y | u, do(i)); "
+            "true_ctr: an oracle that also sees the session confounder.",
+            "",
+        ]
+        groups = list(next(iter(truths.values()), {}).get("groups", {}))
+        rows = [
+            [t, v.get("auc"), *(v.get("groups", {}).get(g, {}).get("auc") for g in groups)] for t, v in truths.items()
+        ]
+        lines += _table(["truth", "auc", *(f"auc {g}" for g in groups)], rows)
     for split in _splits(models):
         groups = _group_names(models, split)
         if groups:
@@ -165,11 +191,57 @@ def _markdown(report: Mapping[str, Any], plots: list[tuple[str, str]]) -> str:
     het = report["heterogeneity"]
     for section, title in (("head_tail_gap", "head - tail gap (q5 - q1)"), ("spread", "spread (std over groups)")):
         lines += [f"## Heterogeneity on test_id: {title}", ""]
-        lines += _table(["model", *METRICS], [[m, *(het[m].get(section, {}).get(k) for k in METRICS)] for m in het])
+        lines += _table(["model", *metrics], [[m, *(het[m].get(section, {}).get(k) for k in metrics)] for m in het])
+    training = run.get("training") or {}
+    if training:
+        lines += ["## Training", "", "The export kept is the epoch with the best valid AUC.", ""]
+        rows = [
+            [
+                m,
+                t.get("best_epoch"),
+                len(t.get("curve") or []),
+                t.get("stopped_early"),
+                _best_valid(t),
+                t.get("seconds"),
+            ]
+            for m, t in training.items()
+        ]
+        lines += _table(["model", "best epoch", "epochs run", "stopped early", "valid AUC", "seconds"], rows)
+    for name, chosen in (run.get("peers") or {}).items():
+        settings = ", ".join(f"{k}={_fmt(v)}" for k, v in chosen.items() if k not in ("curve", "valid_auc"))
+        lines += [f"Peer `{name}`: plain PyTorch matrix factorisation, chosen on valid ({settings}).", ""]
     if plots:
         lines += ["## Plots", ""]
         lines += [f"![{caption}]({name})\n" for name, caption in plots]
+    config = run.get("config")
+    if isinstance(config, Mapping):
+        lines += ["## Configuration", "", "```json", json.dumps(config, indent=2), "```"]
     return "\n".join(lines)
+
+
+def _best_valid(training: Mapping[str, Any]) -> float:
+    values = [_number(p.get("valid_auc")) for p in training.get("curve") or []]
+    finite = [v for v in values if math.isfinite(v)]
+    return max(finite) if finite else math.nan
+
+
+def _curves_plot(curves: Mapping[str, list[Mapping[str, Any]]]) -> bytes:
+    """Two panels: training loss (BCE) and valid AUC per epoch, one line per model."""
+    fig = Figure(figsize=(10.0, 4.0))
+    FigureCanvasAgg(fig)
+    loss_ax, auc_ax = fig.subplots(1, 2)
+    for name, curve in curves.items():
+        epochs = [p["epoch"] for p in curve]
+        loss_ax.plot(epochs, [_number(p.get("train_bce")) for p in curve], marker="o", label=name)
+        auc_ax.plot(epochs, [_number(p.get("valid_auc")) for p in curve], marker="o", label=name)
+    for ax, label in ((loss_ax, "training BCE"), (auc_ax, "valid AUC")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return buf.getvalue()
 
 
 def _bars(title: str, categories: list[str], series: Mapping[str, list[float]]) -> bytes:

@@ -1,9 +1,11 @@
 """Teacher and student architectures: each an encoder on TorchRec tables and a broadcasting ``head``.
 
 Heterogeneity among teachers is what makes their mediators a useful sample of P(m | x)
-(CausalD). DeepFM, DCN, the MLP ranker and the two-tower model share ``FeatureEncoder`` (history
-mean-pooled) and differ in how the head combines the direct, mediator and item parts; DIN also
-differs in its mediator, which attends over the history with the candidate item as the query.
+(CausalD). DeepFM, DCN, the MLP ranker and the two-tower model share ``FeatureEncoder`` (raw
+pooled embeddings, history mean-pooled) and differ in how the head combines the direct, mediator
+and item parts; DIN also differs in its mediator, which attends over the history with the
+candidate item as the query. Every head has an explicit user x item interaction on the raw
+embeddings (an FM term or ``preference``) beside its MLP (see ``distrec.models.base``).
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import torch
 from torch import nn
 from torchrec.modules.mlp import MLP
 
+from distrec.config import ModelConfig
 from distrec.data.batch import Batch
 from distrec.data.schema import Manifest
-from distrec.models.base import Encoded, FeatureEncoder, broadcast_cat
+from distrec.models.base import Encoded, FeatureEncoder, broadcast_cat, preference
 from distrec.models.sequence import SequenceEncoder
 
 
@@ -37,17 +40,20 @@ class _Model(nn.Module):
 
 
 class DeepFM(_Model):
-    """Factorisation-machine interactions of the three parts plus a deep MLP (Guo et al. 2017)."""
+    """DeepFM (Guo et al. 2017): first-order terms + FM pairwise interactions of the three raw
+    embedding fields + a deep MLP over them."""
 
     def __init__(self, name: str, manifest: Manifest, dim: int, hidden: list[int], device: torch.device) -> None:
         super().__init__(name, FeatureEncoder(manifest, dim, prefix=name, device=device))
+        self.linear = nn.Linear(3 * dim, 1)
         self.deep = MLP(3 * dim, hidden)
         self.out = nn.Linear(hidden[-1], 1)
 
     def head(self, direct: torch.Tensor, mediator: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
         fields = torch.stack(torch.broadcast_tensors(direct, mediator, item), dim=-2)  # [..., 3, d]
         fm = 0.5 * (fields.sum(-2).pow(2) - fields.pow(2).sum(-2)).sum(-1)
-        return fm + self.out(self.deep(fields.flatten(-2))).squeeze(-1)
+        flat = fields.flatten(-2)
+        return (self.linear(flat) + self.out(self.deep(flat))).squeeze(-1) + fm
 
 
 class CrossLayer(nn.Module):
@@ -62,7 +68,8 @@ class CrossLayer(nn.Module):
 
 
 class DCN(_Model):
-    """Deep & Cross Network v2 (Wang et al. 2021): a cross stack in parallel with an MLP."""
+    """Deep & Cross Network v2 (Wang et al. 2021): a cross stack in parallel with an MLP, plus the
+    explicit user x item dot product (a cross layer can express it, but learns it slowly)."""
 
     def __init__(
         self, name: str, manifest: Manifest, dim: int, hidden: list[int], device: torch.device, cross_layers: int = 2
@@ -77,24 +84,29 @@ class DCN(_Model):
         x = x0
         for layer in self.cross:
             x = layer(x0, x)
-        return self.out(torch.cat([x, self.deep(x0)], dim=-1)).squeeze(-1)
+        return self.out(torch.cat([x, self.deep(x0)], dim=-1)).squeeze(-1) + preference(direct, mediator, item)
 
 
 class MLPRanker(_Model):
-    """The student (and ``base``): an MLP whose last hidden layer is the representation Z.
+    """The student (and ``base``), NeuMF-shaped (He et al. 2017): Z = [MLP(direct, mediator, item),
+    (direct + mediator) * item], read out linearly.
 
-    CRL penalises the mutual information between Z and the observed confounders, so Z is
-    exposed through ``represent``; ``head`` is a linear read-out of it, so serving costs one MLP.
+    CRL penalises the mutual information between Z and the observed confounders, so Z is exposed
+    through ``represent``. The read-out weights of the element-wise product start at 1, so the
+    model starts as the dot product of matrix factorisation and the MLP learns what it adds.
     """
 
     def __init__(self, name: str, manifest: Manifest, dim: int, hidden: list[int], device: torch.device) -> None:
         super().__init__(name, FeatureEncoder(manifest, dim, prefix=name, device=device))
         self.body = MLP(3 * dim, hidden)
-        self.out = nn.Linear(hidden[-1], 1)
-        self.representation_dim = hidden[-1]
+        self.out = nn.Linear(hidden[-1] + dim, 1)
+        with torch.no_grad():
+            self.out.weight[:, hidden[-1] :] = 1.0
+        self.representation_dim = hidden[-1] + dim
 
     def represent(self, direct: torch.Tensor, mediator: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
-        return self.body(broadcast_cat(direct, mediator, item))
+        deep = self.body(broadcast_cat(direct, mediator, item))
+        return torch.cat([deep, (direct + mediator) * item], dim=-1)  # both have the broadcast leading dims
 
     def head(self, direct: torch.Tensor, mediator: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
         return self.out(self.represent(direct, mediator, item)).squeeze(-1)
@@ -109,7 +121,7 @@ class DIN(_Model):
 
     The history is an unpooled sequence on a TorchRec EmbeddingCollection that shares its table with
     the candidate item (``SequenceEncoder``); the head is an MLP over the three parts and the
-    mediator-item product, read out linearly.
+    mediator-item product, read out linearly, plus the explicit user x item dot product.
     """
 
     def __init__(
@@ -128,27 +140,36 @@ class DIN(_Model):
         self.out = nn.Linear(hidden[-1], 1)
 
     def head(self, direct: torch.Tensor, mediator: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
-        return self.out(self.deep(broadcast_cat(direct, mediator, item, mediator * item))).squeeze(-1)
+        deep = self.out(self.deep(broadcast_cat(direct, mediator, item, mediator * item))).squeeze(-1)
+        return deep + preference(direct, mediator, item)
 
 
 class TwoTower(_Model):
-    """A two-tower model: logit = <user tower(direct, mediator), item tower(item)> + b(item) + b0.
+    """A two-tower model: logit = <user tower, item tower> + b(item), with residual towers.
 
-    Each tower is an MLP of widths ``hidden`` followed by a linear layer, so the towers' outputs
-    can have either sign (the MLP alone ends in a ReLU, and dot products of non-negative vectors
-    can only raise the logit). The linear item bias b(item) absorbs item popularity, which
-    confounded logs exaggerate, so the dot product need not.
+    user = direct + mediator + f(direct, mediator) and item = v + g(v), where f and g are MLPs whose
+    last linear layer starts at zero: the model starts as matrix factorisation on the raw embeddings
+    and the towers learn corrections of either sign. The linear item bias b(item) absorbs item
+    popularity, which confounded logs exaggerate, so the dot product need not.
     """
 
     def __init__(self, name: str, manifest: Manifest, dim: int, hidden: list[int], device: torch.device) -> None:
         super().__init__(name, FeatureEncoder(manifest, dim, prefix=name, device=device))
-        self.user_tower = nn.Sequential(MLP(2 * dim, hidden), nn.Linear(hidden[-1], hidden[-1]))
-        self.item_tower = nn.Sequential(MLP(dim, hidden), nn.Linear(hidden[-1], hidden[-1]))
+        self.user_tower = nn.Sequential(MLP(2 * dim, hidden), _zero_linear(hidden[-1], dim))
+        self.item_tower = nn.Sequential(MLP(dim, hidden), _zero_linear(hidden[-1], dim))
         self.item_bias = nn.Linear(dim, 1)
 
     def head(self, direct: torch.Tensor, mediator: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
-        user = self.user_tower(broadcast_cat(direct, mediator))
-        return (user * self.item_tower(item)).sum(-1) + self.item_bias(item).squeeze(-1)
+        user = direct + mediator + self.user_tower(broadcast_cat(direct, mediator))
+        candidate = item + self.item_tower(item)
+        return (user * candidate).sum(-1) + self.item_bias(item).squeeze(-1)
+
+
+def _zero_linear(width_in: int, width_out: int) -> nn.Linear:
+    layer = nn.Linear(width_in, width_out)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
 
 
 ARCHITECTURES: dict[str, type[_Model]] = {
@@ -158,6 +179,11 @@ ARCHITECTURES: dict[str, type[_Model]] = {
     "din": DIN,
     "two_tower": TwoTower,
 }
+
+
+def model_from_config(spec: ModelConfig, manifest: Manifest, device: torch.device) -> _Model:
+    """The model a ``ModelConfig`` describes (the one factory the loop, the planner and exports use)."""
+    return build_model(spec.arch, spec.name, manifest, spec.dim, list(spec.hidden), device)
 
 
 def build_model(arch: str, name: str, manifest: Manifest, dim: int, hidden: list[int], device: torch.device) -> _Model:

@@ -20,7 +20,7 @@ from torchrec.sparse.jagged_tensor import JaggedTensor
 
 from distrec.data.batch import Batch
 from distrec.data.schema import HISTORY, ITEM, Manifest
-from distrec.models.base import Encoded, embedding_tables
+from distrec.models.base import INIT_SCALE, Encoded, embedding_tables, sum_parts
 
 
 class TargetAttention(nn.Module):
@@ -57,10 +57,12 @@ class TargetAttention(nn.Module):
 class SequenceEncoder(nn.Module):
     """``Encoded`` for DIN: direct and item towers as in ``FeatureEncoder``, the mediator by target attention.
 
-    direct    MLP(user and context embeddings, dense features)
-    mediator  TargetAttention(history embeddings, candidate embedding): depends on the candidate,
-              which the front-door estimate allows (only ``direct`` is swapped for bank rows)
-    item      MLP(candidate embedding from the shared item table, item-side feature embeddings)
+        direct    the sum of the user and context embeddings (and a linear map of the dense features)
+        mediator  TargetAttention(history embeddings, candidate embedding): depends on the candidate,
+                  which the front-door estimate allows (only ``direct`` is swapped for bank rows)
+        item      the sum of the candidate's embedding (shared item table) and its item-side embeddings
+
+    As in ``FeatureEncoder`` the parts are raw embeddings, so the head's dot product sees them directly.
     """
 
     def __init__(
@@ -79,21 +81,25 @@ class SequenceEncoder(nn.Module):
                     embedding_dim=dim,
                     num_embeddings=manifest.table_rows[ITEM],
                     feature_names=[ITEM, HISTORY] if self.has_history else [ITEM],
+                    weight_init_min=-INIT_SCALE,
+                    weight_init_max=INIT_SCALE,
                 )
             ],
             device=device,
         )
-        self.direct_tower = MLP(dim * len(self.direct_features) + len(manifest.dense), [dim, dim])
+        self.dense_arch = nn.Linear(len(manifest.dense), dim, bias=False) if manifest.dense else None
         self.attention = TargetAttention(dim, manifest.history_max_len, attention_hidden) if self.has_history else None
-        self.item_tower = MLP(dim * (1 + len(self.item_side_features)), [dim, dim])
 
     def forward(self, batch: Batch) -> Encoded:
         pooled = self.sparse_arch(batch.sparse).to_dict()
         sequences = self.sequence_arch(batch.sparse)
         candidate = sequences[ITEM].values()  # one id per row: [B, d]
-        direct = self.direct_tower(torch.cat([pooled[f] for f in self.direct_features] + [batch.dense], dim=-1))
+        direct_parts = [pooled[f] for f in self.direct_features]
+        if self.dense_arch is not None:
+            direct_parts.append(self.dense_arch(batch.dense))
+        direct = sum_parts(direct_parts) if direct_parts else torch.zeros_like(candidate)
         mediator = (
             self.attention(sequences[HISTORY], candidate) if self.attention is not None else torch.zeros_like(direct)
         )
-        item = self.item_tower(torch.cat([candidate] + [pooled[f] for f in self.item_side_features], dim=-1))
+        item = sum_parts([candidate] + [pooled[f] for f in self.item_side_features])
         return Encoded(direct, mediator, item)

@@ -1,12 +1,19 @@
-"""``distrec run``: data -> K teachers (+ base) in parallel -> soft-label stream -> student -> report.
+"""``distrec run``: the pipeline as stages, data -> teachers (+ base) -> soft labels -> students -> evaluate -> report.
 
-A run writes into ``<runs_dir>/<run_id>.partial/`` and is renamed to ``<runs_dir>/<run_id>/`` only
-when its report is complete, so a directory without the suffix is always a finished run:
+Each stage writes a complete artifact into the run directory and is skipped when that artifact is
+already complete, so a fresh run, a resumed run (``distrec run --resume RUN_DIR``) and the nightly job
+compose the same stages. A run writes into ``<runs_dir>/<run_id>.partial/`` and is renamed to
+``<runs_dir>/<run_id>/`` only when its report is complete, so a directory without the suffix is
+always a finished run:
 
-    config.yaml            the resolved configuration
+    config.yaml            the resolved configuration (a resumed run must match it)
     history_bank.parquet   the N sampled histories x' of the front-door estimate
-    models/<name>/         unsharded exports (model.json + weights.pt) of every model
-    checkpoints/           Ray Train's run storage
+    models/<name>/         unsharded exports (model.json + weights.pt) and training.json, per model;
+                           training.json is written last: its presence marks the model complete
+    soft_labels/           the soft labels scored once, in the train split's row order (not with
+                           distill.soft_labels=stream, where the student consumes the live stream)
+    checkpoints/           Ray Train's run storage (sharded DCP checkpoints: a model resumes from them)
+    metrics.json           every model's and peer's test metrics
     report.json, report.md, *.png
 """
 
@@ -16,11 +23,12 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +40,17 @@ from distrec.data.schema import MANIFEST, SPLITS, Manifest
 from distrec.data.synth import synthesize
 from distrec.data.validate import read_parquet_checked
 from distrec.errors import ConfigError
-from distrec.eval.evaluate import evaluate_checkpoints
+from distrec.eval.evaluate import activity_groups_of, ceilings, evaluate_exports
+from distrec.eval.peers import PEERS
 from distrec.eval.report import build_report, write_report
-from distrec.io import atomic_write_text
+from distrec.io import atomic_write_json, atomic_write_text
 from distrec.orchestrate.stream import conditional_column, front_door_column, soft_label_stream, write_history_bank
-from distrec.orchestrate.trainers import fit, fit_concurrently
+from distrec.orchestrate.trainers import TrainedModel, fit, fit_concurrently
 from distrec.train.loop import WorkerTask
 
 log = logging.getLogger("distrec")
-RESERVED_NAMES = ("student", "base", "kd", "causald", "crl", "causald+crl")
+RESERVED_NAMES = ("student", "base", "kd", "causald", "crl", "causald+crl", *PEERS)
+TRAINING = "training.json"
 
 
 def synthetic_dataset(config: Config) -> Path:
@@ -74,8 +84,9 @@ def check_names(config: Config) -> None:
     clashes = sorted({n for n in names if names.count(n) > 1 or n in RESERVED_NAMES})
     if clashes:
         raise ConfigError(f"teacher names must be unique and not {list(RESERVED_NAMES)}: {clashes}")
-    if config.distill.target not in ("front_door", "conditional"):
-        raise ConfigError(f"distill.target must be front_door or conditional, got {config.distill.target!r}")
+    unknown = sorted(set(config.eval.peers) - set(PEERS))
+    if unknown:
+        raise ConfigError(f"eval.peers must be drawn from {list(PEERS)}, got {unknown}")
 
 
 @contextmanager
@@ -103,73 +114,195 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
 
 
-def run(config: Config) -> Path:
-    """Run the whole pipeline; returns the finished run directory."""
-    started = time.perf_counter()
-    check_names(config)
-    run_id = config.run_id or new_run_id()
-    final_dir = Path(config.runs_dir) / run_id
-    if final_dir.exists():
-        raise ConfigError(f"{final_dir} already exists; choose another run_id")
-    run_dir = final_dir.with_name(run_id + ".partial")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", to_yaml(config))
+@dataclass
+class RunContext:
+    """What every stage reads: the config, the run directory being written and the dataset."""
 
+    config: Config
+    run_dir: Path  # the .partial directory
+    root: Path
+    manifest: Manifest
+
+    @property
+    def storage(self) -> str:
+        return str((self.run_dir / "checkpoints").resolve())
+
+    def model_dir(self, name: str) -> Path:
+        return self.run_dir / "models" / name
+
+    def done(self, name: str) -> bool:
+        return (self.model_dir(name) / TRAINING).is_file()
+
+    def task(self, model: ModelConfig, seed: int, **extra: Any) -> WorkerTask:
+        return WorkerTask(model=model, train=self.config.train, dataset=str(self.root.resolve()), seed=seed, **extra)
+
+
+def open_run(config: Config, resume: Path | None = None) -> RunContext:
+    """The run directory of a new run, or of a partial one to continue.
+
+    A partial run is continued when ``resume`` names it, or when ``config.run_id`` names one (a retried
+    nightly); either way its saved config.yaml must equal ``config``, or ConfigError.
+    """
+    check_names(config)
+    if resume is not None:
+        run_dir = resume if resume.name.endswith(".partial") else resume.with_name(resume.name + ".partial")
+    else:
+        config = replace(config, run_id=config.run_id or new_run_id())
+        final_dir = Path(config.runs_dir) / str(config.run_id)
+        if final_dir.exists():
+            raise ConfigError(f"{final_dir} already exists; choose another run_id")
+        run_dir = final_dir.with_name(final_dir.name + ".partial")
+    saved = run_dir / "config.yaml"
+    if saved.is_file() and saved.read_text() != to_yaml(config):
+        raise ConfigError(f"{run_dir} was started with another configuration; resume it with the same one")
+    if resume is not None and not saved.is_file():
+        raise ConfigError(f"--resume {resume}: no partial run there (no {saved})")
+    # every input is checked before anything is written or started
     root = prepare_dataset(config)
     manifest = Manifest.read(root)
-    columns = BatchBuilder(manifest).columns
-    train_files = [str(f.resolve()) for f in manifest.files(root, "train")]
-    storage = str((run_dir / "checkpoints").resolve())
-    dataset = str(root.resolve())
+    check_confounders(config, manifest, root)
+    if saved.is_file():
+        log.info("resuming %s", run_dir)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(saved, to_yaml(config))
+    return RunContext(config, run_dir, root, manifest)
 
-    with ray_session(config.ray):
 
-        def task(model_config: ModelConfig, seed: int, **extra: Any) -> WorkerTask:
-            return WorkerTask(model=model_config, train=config.train, dataset=dataset, seed=seed, **extra)
-
-        log.info("training %d teachers and the base model concurrently", len(config.teachers))
-        jobs = [(task(t, config.seed + i), None) for i, t in enumerate(config.teachers)]
-        jobs.append((task(replace(config.student, name="base"), config.seed), None))
-        trained = fit_concurrently(jobs, storage)
-
-        bank = write_history_bank(
-            manifest, str(root), config.distill.bank_size, config.seed, run_dir / "history_bank.parquet"
+def check_confounders(config: Config, manifest: Manifest, root: Path) -> None:
+    """CRL penalises I(Z; C) over the dataset's confounder columns: without any it would silently do
+    nothing, so a CRL model on such a dataset is a configuration error."""
+    if config.crl.beta > 0 and not manifest.confounders:
+        raise ConfigError(
+            f"{root / MANIFEST}: the dataset has no confounder columns, so CRL (crl.beta={config.crl.beta}) "
+            "has nothing to remove; import the log with --policy-col, --propensity-col, --position-col or "
+            "--confounder-col (exposure columns, not user traits), or set crl.beta=0"
         )
-        teachers = {t.name: trained[t.name].checkpoint for t in config.teachers}
-        stream = soft_label_stream(train_files, columns, teachers, bank, config.distill.score_batch_size)
-        students = student_variants(config, list(teachers))
-        if config.ablation:
-            # every variant trains on the same soft labels: score once, then train them side by side
-            log.info("scoring soft labels once for %d ablation students", len(students))
-            soft_dir = run_dir / "soft_labels"
-            stream.write_parquet(str(soft_dir))
-            precomputed = [str(p) for p in sorted(soft_dir.glob("*.parquet"))]
-            jobs = [(task(m, config.seed, **kw), ray.data.read_parquet(precomputed)) for m, kw in students]
-            trained.update(fit_concurrently(jobs, storage))
-        else:
-            log.info("training the student on the streamed soft labels")
-            model_config, extra = students[-1]
-            trained["student"] = fit(task(model_config, config.seed, **extra), storage, stream)
 
-        log.info("evaluating %d models", len(trained))
-        checkpoints = {name: model.checkpoint for name, model in trained.items()}
-        metrics = evaluate_checkpoints(checkpoints, root, config.eval.k, config.eval.batch_size)
-        for name, checkpoint in checkpoints.items():
-            checkpoint.to_directory(str(run_dir / "models" / name))
-    if config.ablation:
+
+def run(config: Config, resume: Path | None = None) -> Path:
+    """Run (or continue) the whole pipeline; returns the finished run directory."""
+    started = time.perf_counter()
+    ctx = open_run(config, resume)
+    with ray_session(ctx.config.ray):
+        train_teachers(ctx)
+        train_students(ctx)
+        metrics = evaluate(ctx)
+    return write_run_report(ctx, metrics, time.perf_counter() - started)
+
+
+def _keep(ctx: RunContext, trained: TrainedModel) -> None:
+    """Copy a trained model's export into models/<name>/ (atomically: training.json marks it complete)."""
+    target = ctx.model_dir(trained.name)
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    trained.checkpoint.to_directory(str(partial))
+    shutil.rmtree(partial / "dcp", ignore_errors=True)  # the sharded state stays in checkpoints/
+    atomic_write_json(partial / TRAINING, _training_summary(trained.metrics))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(partial, target)
+
+
+def train_teachers(ctx: RunContext) -> None:
+    """Stage: the K teachers and ``base`` (the student's architecture on labels alone), concurrently."""
+    config = ctx.config
+    models = [(ctx.task(t, config.seed + i), None) for i, t in enumerate(config.teachers)]
+    models.append((ctx.task(replace(config.student, name="base"), config.seed), None))
+    todo = [(task, ds) for task, ds in models if not ctx.done(task.model.name)]
+    if todo:
+        log.info("training %s concurrently", ", ".join(t.model.name for t, _ in todo))
+        for trained in fit_concurrently(todo, ctx.storage).values():
+            _keep(ctx, trained)
+
+
+def train_students(ctx: RunContext) -> None:
+    """Stages: soft labels (front-door and plain, from every teacher), then the student variants."""
+    config = ctx.config
+    students = [(m, kw) for m, kw in student_variants(config, [t.name for t in config.teachers])]
+    todo = [(m, kw) for m, kw in students if not ctx.done(m.name)]
+    if not todo:
+        return
+    if config.ablation or config.distill.soft_labels == "precompute":
+        # Soft labels scored once into Parquet in the train split's row order (the teachers are frozen),
+        # read through the same ShardReader as base: every variant sees the same rows in the same
+        # order, so variants that differ only in their loss differ only because of it.
+        precomputed = score_soft_labels(ctx)
+        jobs = [(ctx.task(m, config.seed, train_files=precomputed, **kw), None) for m, kw in todo]
+        for trained in fit_concurrently(jobs, ctx.storage).values():
+            _keep(ctx, trained)
+    else:
+        log.info("training the student on the streamed soft labels")
+        model_config, extra = students[-1]
+        _keep(ctx, fit(ctx.task(model_config, config.seed, **extra), ctx.storage, soft_labels(ctx)))
+
+
+def soft_labels(ctx: RunContext) -> ray.data.Dataset:
+    """The lazily executed soft-label stream over the train split, from every teacher's export."""
+    config = ctx.config
+    bank = ctx.run_dir / "history_bank.parquet"
+    if not bank.is_file():
+        write_history_bank(ctx.manifest, str(ctx.root), config.distill.bank_size, config.seed, bank)
+    teachers = {t.name: str(ctx.model_dir(t.name).resolve()) for t in config.teachers}
+    train_files = [str(f.resolve()) for f in ctx.manifest.files(ctx.root, "train")]
+    columns = BatchBuilder(ctx.manifest).columns
+    return soft_label_stream(train_files, columns, teachers, bank, config.distill.score_batch_size)
+
+
+def score_soft_labels(ctx: RunContext) -> list[str]:
+    """Stage: the stream written once to ``soft_labels/`` in the train split's row order; its files."""
+    soft_dir = ctx.run_dir / "soft_labels"
+    if not soft_dir.is_dir():
+        log.info("scoring soft labels once into %s", soft_dir)
+        ray.data.DataContext.get_current().execution_options.preserve_order = True
+        partial = soft_dir.with_name("soft_labels.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        soft_labels(ctx).write_parquet(str(partial))
+        os.replace(partial, soft_dir)
+    return [str(p.resolve()) for p in sorted(soft_dir.glob("*.parquet"))]
+
+
+def model_names(config: Config) -> list[str]:
+    """Every model a run trains, teachers first."""
+    return [t.name for t in config.teachers] + ["base"] + [m.name for m, _ in student_variants(config, [])]
+
+
+def evaluate(ctx: RunContext) -> dict[str, Any]:
+    """Stage: every model's (and peer's) test metrics, per activity group, into metrics.json."""
+    path = ctx.run_dir / "metrics.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    names = model_names(ctx.config)
+    log.info("evaluating %d models", len(names))
+    exports = {name: ctx.model_dir(name) for name in names}
+    metrics, peers = evaluate_exports(
+        exports, ctx.root, ctx.config.eval.k, ctx.config.eval.batch_size, ctx.config.eval.peers, ctx.config.seed
+    )
+    if ctx.config.ablation:
         metrics["causald+crl"] = metrics["student"]  # the configured student is the full method
+    groups = activity_groups_of(ctx.manifest, ctx.root)
+    out = {"models": metrics, "peers": peers, "ceilings": ceilings(ctx.root, groups, ctx.config.eval.k)}
+    atomic_write_json(path, out)
+    return out
 
+
+def write_run_report(ctx: RunContext, metrics: dict[str, Any], seconds: float) -> Path:
+    """Stage: report.json, report.md and plots; then the run directory is renamed into place."""
+    config, manifest = ctx.config, ctx.manifest
+    training = {name: json.loads((ctx.model_dir(name) / TRAINING).read_text()) for name in model_names(config)}
     run_info = {
-        "id": run_id,
+        "id": ctx.run_dir.name.removesuffix(".partial"),
         "config": to_dict(config),
-        "dataset": {"path": dataset, "name": manifest.name, "source": manifest.source},
+        "dataset": {"path": str(ctx.root.resolve()), "name": manifest.name, "source": manifest.source},
         "rows": {split: manifest.rows.get(split) for split in SPLITS},
-        "training": {name: _training_summary(model.metrics) for name, model in trained.items()},
-        "seconds": round(time.perf_counter() - started, 1),
+        "training": training,
+        "peers": metrics["peers"],
+        "seconds": round(seconds, 1),
         "host": {"cpus": os.cpu_count()},
     }
-    write_report(run_dir, build_report(run_info, metrics))
-    os.replace(run_dir, final_dir)
+    report = build_report(run_info, metrics["models"], config.eval.k, metrics.get("ceilings"))
+    write_report(ctx.run_dir, report)
+    final_dir = ctx.run_dir.with_name(run_info["id"])
+    os.replace(ctx.run_dir, final_dir)
     return final_dir
 
 
@@ -197,4 +330,5 @@ def student_variants(config: Config, teachers: list[str]) -> list[tuple[ModelCon
 
 def _training_summary(metrics: dict[str, object]) -> dict[str, object]:
     keep = ("train_loss", "train_bce", "train_kd", "train_mi", "train_critic", "rows", "seconds", "plan")
+    keep += ("best_epoch", "stopped_early", "curve", "timers")
     return {k: metrics[k] for k in keep if k in metrics}

@@ -19,7 +19,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 import torch
-from ray.train import Checkpoint
 
 from distrec.causal.frontdoor import conditional_prob, front_door_prob, sample_bank_indices
 from distrec.data.batch import BatchBuilder
@@ -38,12 +37,11 @@ def conditional_column(teacher: str) -> str:
 class TeacherScorer:
     """Ray Data stage: adds one teacher's soft-label columns to each batch."""
 
-    def __init__(self, checkpoint: Checkpoint, bank_path: str) -> None:
+    def __init__(self, export_dir: str, bank_path: str) -> None:
         from distrec.train.export import load_export
 
         torch.set_num_threads(1)
-        with checkpoint.as_directory() as directory:
-            self.model, spec, manifest = load_export(directory)
+        self.model, spec, manifest = load_export(export_dir)
         self.name = spec["name"]
         self.builder = BatchBuilder(manifest)
         bank = pq.read_table(bank_path, columns=self.builder.columns)
@@ -84,16 +82,19 @@ def write_history_bank(manifest: Manifest, root: str, size: int, seed: int, out:
 def soft_label_stream(
     train_files: list[str],
     columns: list[str],
-    teachers: dict[str, Checkpoint],
+    teachers: dict[str, str],
     bank_path: Path,
     batch_size: int,
 ) -> ray.data.Dataset:
-    """The lazily executed dataset the student trains on: logs plus every teacher's columns."""
+    """The lazily executed dataset the student trains on: logs plus every teacher's columns.
+
+    ``teachers`` maps each teacher's name to its export directory (on storage every node sees).
+    """
     ds = ray.data.read_parquet(train_files, columns=columns)
-    for checkpoint in teachers.values():
+    for export_dir in teachers.values():
         ds = ds.map_batches(
             TeacherScorer,
-            fn_constructor_kwargs={"checkpoint": checkpoint, "bank_path": str(bank_path)},
+            fn_constructor_kwargs={"export_dir": export_dir, "bank_path": str(bank_path)},
             batch_size=batch_size,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=1),

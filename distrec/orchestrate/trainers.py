@@ -56,9 +56,13 @@ def fit(task: WorkerTask, storage_path: str, dataset: ray.data.Dataset | None = 
         ),
     )
     result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"training {task.model.name!r} finished without a checkpoint")
-    return TrainedModel(task.model.name, result.checkpoint, dict(result.metrics or {}))
+    exported = [(c, m) for c, m in result.best_checkpoints or [] if m.get("export")]
+    if result.checkpoint is None or not exported:
+        raise RuntimeError(f"training {task.model.name!r} finished without an exported checkpoint")
+    # the export of the best epoch on valid (the last one that has an export: select_best exports only
+    # improvements); the metrics of the last report, which hold the whole curve
+    checkpoint, _ = exported[-1]
+    return TrainedModel(task.model.name, checkpoint, dict(result.metrics or {}))
 
 
 @ray.remote(num_cpus=0)

@@ -44,18 +44,21 @@ def _state(model: nn.Module, optimizer: Any, progress: torch.Tensor, rank: int) 
 
 
 def save(model: nn.Module, optimizer: Any, progress: torch.Tensor, directory: Path, group: dist.ProcessGroup) -> None:
-    """Every rank calls this; ``progress`` is this rank's ``[epoch, batches done, rows done]``."""
+    """Every rank calls this; ``progress`` is this rank's position (``distrec.train.loop.Progress``)."""
     state = _state(model, optimizer, progress, dist.get_rank())
     dcp.save(state, checkpoint_id=str(directory), process_group=group)
 
 
-def load(model: nn.Module, optimizer: Any, directory: Path, group: dist.ProcessGroup) -> torch.Tensor:
-    """Restore model and optimizer state in place from ``directory``; returns this rank's progress."""
+def load(
+    model: nn.Module, optimizer: Any, directory: Path, group: dist.ProcessGroup, progress: torch.Tensor
+) -> torch.Tensor:
+    """Restore model and optimizer state in place from ``directory``; returns this rank's progress,
+    read into a tensor shaped like ``progress``."""
     if not (directory / ".metadata").is_file():
         raise CheckpointError(f"{directory}: not a complete distributed checkpoint (no .metadata)")
     optimizer.init_state()  # materialise optimizer state so DCP can load into it
     rank = dist.get_rank()
-    state = _state(model, optimizer, torch.zeros(3, dtype=torch.int64), rank)
+    state = _state(model, optimizer, progress.clone(), rank)
     dcp.load(state, checkpoint_id=str(directory), process_group=group)
     model.load_state_dict(state["model"])
     return state[f"progress_rank{rank}"]

@@ -15,10 +15,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 
+from distrec.config import ModelConfig
 from distrec.data.schema import Manifest
 from distrec.errors import CheckpointError
 from distrec.io import atomic_file, atomic_write_json
-from distrec.models.architectures import build_model
+from distrec.models.architectures import model_from_config
 
 SPEC = "model.json"
 WEIGHTS = "weights.pt"
@@ -44,6 +45,11 @@ def gather_state_dict(module: nn.Module, prefix: str) -> dict[str, torch.Tensor]
         if rank == 0:
             out[key[len(prefix) :]] = tensor.clone()
     return out if rank == 0 else None
+
+
+def export_spec(spec: ModelConfig) -> dict[str, Any]:
+    """What ``model.json`` records of a model: enough to rebuild it with ``model_from_config``."""
+    return {"name": spec.name, "arch": spec.arch, "dim": spec.dim, "hidden": list(spec.hidden)}
 
 
 def write_export(directory: Path, spec: dict[str, Any], manifest: Manifest, state: dict[str, torch.Tensor]) -> None:
@@ -72,7 +78,8 @@ def load_export(directory: str | Path) -> tuple[nn.Module, dict[str, Any], Manif
     """Rebuild an exported model on CPU, unsharded, in eval mode."""
     spec, state = read_export(directory)
     manifest = Manifest(**spec["manifest"])
-    model = build_model(spec["arch"], spec["name"], manifest, spec["dim"], spec["hidden"], torch.device("cpu"))
+    config = ModelConfig(name=spec["name"], arch=spec["arch"], dim=spec["dim"], hidden=list(spec["hidden"]))
+    model = model_from_config(config, manifest, torch.device("cpu"))
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -1,29 +1,44 @@
 """The one training loop every model uses, run by each Ray Train worker.
 
-TorchRec-canonical (torchrec examples/golden_training): tables on the meta device -> fused
-optimizer applied in backward -> planner.collective_plan with per-device constraints ->
-DistributedModelParallel -> CombinedOptimizer -> TrainPipelineSparseDist.
+Construction is TorchRec-canonical (torchrec examples/golden_training, ``build_training``): tables on
+the meta device -> fused optimizer applied in backward -> planner.collective_plan with per-device
+constraints -> DistributedModelParallel -> CombinedOptimizer. The loop itself follows Ray's recsys
+benchmark runner: ``setup``, ``train_epoch`` (one ``train_step`` per batch), ``validate`` and
+``save_checkpoint`` hooks, each timed by name (``Worker.timers``).
+
+Every epoch ends with a ``valid`` pass. The loop keeps the unsharded export of the epoch with the
+best valid AUC (``train.select_best``) and stops early after ``train.patience`` epochs without a
+better one; the per-epoch curve (train loss terms, valid AUC and logloss) goes to the metrics.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
 from distrec.config import CRLConfig, DistillConfig, ModelConfig, TrainConfig
-from distrec.data.batch import Batch, BatchBuilder
+from distrec.data.batch import BatchBuilder
 from distrec.data.schema import Manifest
-from distrec.train.export import gather_state_dict, load_unsharded, read_export, write_export
+from distrec.eval.metrics import auc, logloss
+from distrec.train.export import export_spec, gather_state_dict, load_unsharded, read_export, write_export
 from distrec.train.objective import COMPONENTS
 from distrec.train.sharding import describe_plan
+
+CURVE = "curve.json"  # the per-epoch curve, kept in every checkpoint so a resumed run continues it
 
 
 @dataclass
@@ -37,9 +52,43 @@ class WorkerTask:
     soft_label_columns: list[str] = field(default_factory=list)
     distill: DistillConfig | None = None
     crl: CRLConfig | None = None
+    # Training files read by ShardReader (default: the dataset's train split), e.g. soft labels scored
+    # once into Parquet: the same rows in the same order as the train split, plus soft-label columns.
+    train_files: list[str] | None = None
     # One Ray DataIterator per rank (the soft-label stream, split with equal=False); None: each rank
     # reads its own share of the training files (ShardReader), which can resume mid-epoch.
     shards: list[Any] | None = None
+
+
+@dataclass
+class Progress:
+    """Where a rank is; saved in every checkpoint (as one float64 tensor: DCP saves tensors only)."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # batches done in the current epoch
+    global_step: int = 0  # batches done in all epochs: the learning-rate schedule's clock
+    rows: int = 0  # rows trained by this rank, all epochs, across restarts
+    best_epoch: int = -1
+    best_auc: float = -math.inf
+    stale_epochs: int = 0  # epochs since the best one
+
+    def to_tensor(self) -> torch.Tensor:
+        return torch.tensor([float(getattr(self, f.name)) for f in fields(self)], dtype=torch.float64)
+
+    @classmethod
+    def from_tensor(cls, t: torch.Tensor) -> Progress:
+        values = t.tolist()
+        return cls(**{f.name: (v if f.type == "float" else int(v)) for f, v in zip(fields(cls), values, strict=True)})
+
+
+@dataclass
+class Training:
+    """What ``build_training`` returns: the sharded model and everything that steps it."""
+
+    dmp: Any  # DistributedModelParallel over the Objective
+    optimizer: Any  # CombinedOptimizer: the fused sparse optimiser plus dense Adam
+    plan: Any  # the ShardingPlan
+    spec: ModelConfig
 
 
 def _sparse_optimizer(name: str) -> type[torch.optim.Optimizer]:
@@ -51,20 +100,19 @@ def _sparse_optimizer(name: str) -> type[torch.optim.Optimizer]:
         "adam": torch.optim.Adam,
         "sgd": torch.optim.SGD,
     }
-    if name not in optimizers:
-        raise ValueError(f"train.sparse_optimizer must be one of {sorted(optimizers)}, got {name!r}")
     return optimizers[name]
 
 
-def _template_batch(manifest: Manifest, root: str, builder: BatchBuilder) -> Batch:
-    """A one-row batch from the first training file: the shape of this worker's padding batches."""
-    table = pq.ParquetFile(manifest.files(root, "train")[0]).read_row_group(0, columns=builder.columns).slice(0, 1)
-    for name in builder.soft_label_columns:
-        table = table.append_column(name, pa.array([0.0], type=pa.float32()))
-    return builder(table)
+def with_zero_columns(table: pa.Table, names: list[str]) -> pa.Table:
+    """``table`` with a float32 column of zeros for each of ``names`` it lacks (soft labels of a
+    split that was never scored: padding and validation batches, whose soft labels nothing reads)."""
+    for name in names:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.array(np.zeros(table.num_rows, np.float32)))
+    return table
 
 
-def build_training(task: WorkerTask, manifest: Manifest, world: int, device: torch.device) -> tuple[Any, Any, Any, Any]:
+def build_training(task: WorkerTask, manifest: Manifest, world: int, device: torch.device) -> Training:
     """Meta-device model -> fused sparse optimizer -> collective plan -> DMP -> combined optimizer."""
     from torchrec.distributed.model_parallel import DistributedModelParallel, get_default_sharders
     from torchrec.distributed.types import ShardingEnv
@@ -72,13 +120,13 @@ def build_training(task: WorkerTask, manifest: Manifest, world: int, device: tor
     from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
     from torchrec.optim.optimizers import in_backward_optimizer_filter
 
-    from distrec.models.architectures import build_model
+    from distrec.models.architectures import model_from_config
     from distrec.models.base import embedding_modules
     from distrec.train.objective import Objective
     from distrec.train.sharding import make_planner
 
     spec, train = task.model, task.train
-    model = build_model(spec.arch, spec.name, manifest, spec.dim, list(spec.hidden), torch.device("meta"))
+    model = model_from_config(spec, manifest, torch.device("meta"))
     objective = Objective(model, task.distill, task.crl, list(manifest.confounders.values()))
     tables = [p for m in embedding_modules(model) for p in m.parameters()]
     apply_optimizer_in_backward(_sparse_optimizer(train.sparse_optimizer), tables, {"lr": train.sparse_lr})
@@ -91,108 +139,229 @@ def build_training(task: WorkerTask, manifest: Manifest, world: int, device: tor
     # the CRL critic is trained by its own optimiser inside objective.loss (distrec.train.objective)
     dense = {k: v for k, v in in_backward_optimizer_filter(dmp.named_parameters()) if ".critic." not in k}
     groups = [KeyedOptimizerWrapper(dense, lambda ps: torch.optim.Adam(ps, lr=train.dense_lr))]
-    return dmp, CombinedOptimizer([dmp.fused_optimizer, *groups]), plan, spec
+    return Training(dmp, CombinedOptimizer([dmp.fused_optimizer, *groups]), plan, spec)
+
+
+class Worker:
+    """One rank's training of one model: ``setup(); run()``."""
+
+    def __init__(self, task: WorkerTask) -> None:
+        self.task = task
+        self.timers: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timers[name] += time.perf_counter() - started
+
+    def setup(self) -> None:
+        import ray.train
+        from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+
+        from distrec.data.reader import ShardReader
+        from distrec.train import checkpoint
+        from distrec.train.schedule import LRSchedule
+        from distrec.train.sharding import device_for
+
+        task, train = self.task, self.task.train
+        torch.set_num_threads(1)
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        device = device_for(train.device, context.get_local_rank())
+        torch.manual_seed(task.seed)
+        self.manifest = Manifest.read(task.dataset).with_table_rows(dict(task.model.table_rows))
+        with self.timed("build"):
+            self.training = build_training(task, self.manifest, self.world, device)
+        self.pipeline = TrainPipelineSparseDist(
+            self.training.dmp, self.training.optimizer, device, execute_all_batches=True
+        )
+        self.control = dist.new_group(backend="gloo")  # CPU side channel (lockstep flags, DCP), also under nccl
+
+        self.builder = BatchBuilder(self.manifest, task.soft_label_columns)
+        files = task.train_files or [str(f) for f in self.manifest.files(task.dataset, "train")]
+        # one row of the train split: the shape of this rank's padding batches
+        self.log_columns = [c for c in self.builder.columns if c not in task.soft_label_columns]
+        first = pq.ParquetFile(self.manifest.files(task.dataset, "train")[0]).read_row_group(
+            0, columns=self.log_columns
+        )
+        self.template = self.builder(with_zero_columns(first.slice(0, 1), task.soft_label_columns))
+        self.reader = (
+            ShardReader(files, self.builder.columns, self.rank, self.world, train.batch_size)
+            if task.shards is None
+            else None
+        )
+        self.valid_files = [str(f) for f in self.manifest.files(task.dataset, "valid")]
+
+        per_rank_rows = -(-int(self.manifest.rows.get("train") or 0) // self.world)
+        steps_per_epoch = max(1, -(-per_rank_rows // train.batch_size))
+        self.schedule = LRSchedule(
+            self.training.optimizer,
+            steps_per_epoch * train.epochs,
+            train.warmup_steps,
+            train.lr_schedule,
+            train.min_lr_ratio,
+        )
+        self.progress, self.curve = Progress(), []
+        resumed = ray.train.get_checkpoint()
+        if resumed is not None:
+            with resumed.as_directory() as directory, self.timed("restore"):
+                self.progress = Progress.from_tensor(
+                    checkpoint.load(
+                        self.training.dmp,
+                        self.training.optimizer,
+                        Path(directory) / "dcp",
+                        self.control,
+                        Progress().to_tensor(),
+                    )
+                )
+                curve = Path(directory) / CURVE
+                self.curve = json.loads(curve.read_text()) if curve.is_file() else []
+        elif task.model.warm_start:
+            load_unsharded(self.training.dmp, read_export(task.model.warm_start)[1], prefix="model.")
+
+    def run(self) -> None:
+        train = self.task.train
+        started = time.perf_counter()
+        while self.progress.epoch < train.epochs:
+            epoch = self.progress.epoch
+            totals = self.train_epoch(epoch)
+            with self.timed("validate"):
+                valid = self.validate()
+            p = self.progress
+            better = valid["valid_auc"] > p.best_auc if math.isfinite(valid["valid_auc"]) else p.best_epoch < 0
+            if better:
+                p.best_epoch, p.best_auc, p.stale_epochs = epoch, valid["valid_auc"], 0
+            else:
+                p.stale_epochs += 1
+            p.epoch, p.step = epoch + 1, 0
+            if epoch == 0 and self.reader is None:  # a streamed epoch's step count is known once it ran
+                self.schedule.total_steps = p.global_step * train.epochs
+            point = {
+                "epoch": epoch,
+                **self._losses(totals),
+                **valid,
+                "lr_multiplier": self.schedule.apply(p.global_step),
+            }
+            self.curve.append(point)
+            stop = bool(train.patience) and p.stale_epochs >= train.patience
+            last = stop or p.epoch >= train.epochs
+            export = better if train.select_best else last
+            metrics = {**point, "best_epoch": p.best_epoch, "stopped_early": stop and p.epoch < train.epochs}
+            self.save_checkpoint(f"epoch{epoch:03d}-end", metrics, export=export, started=started)
+            if stop:
+                break
+
+    def train_epoch(self, epoch: int) -> torch.Tensor:
+        """One pass over this rank's share; returns [weighted loss, weight, components...] summed."""
+        from distrec.train.feed import arrow_batches, lockstep, to_batches
+
+        task = self.task
+        seed = task.seed * 1_000_003 + epoch * 1_009 + self.rank if task.model.bootstrap else None
+        if self.reader is not None:
+            tables = self.reader.batches(skip_batches=self.progress.step)
+        else:
+            tables = arrow_batches(task.shards[self.rank], task.train.batch_size)  # type: ignore[index]
+        batches = lockstep(to_batches(tables, self.builder, seed), self.template, self.control)
+        totals = torch.zeros(2 + len(COMPONENTS), dtype=torch.float64)
+        every = task.train.checkpoint_every if self.reader is not None else 0
+        self.training.dmp.train()
+        while True:
+            self.schedule.apply(self.progress.global_step)
+            with self.timed("train_step"):
+                try:
+                    out = self.pipeline.progress(batches)
+                except StopIteration:
+                    break
+            live = out.weights.sum()
+            totals[0] += (out.loss * live).double()
+            totals[1] += live.double()
+            totals[2:] += out.components.double() * live
+            self.progress.step += 1
+            self.progress.global_step += 1
+            self.progress.rows += int(out.weights.numel()) if live.item() > 0 else 0  # padding carries weight 0
+            if every and self.progress.step % every == 0:
+                self.save_checkpoint(
+                    f"epoch{epoch:03d}-step{self.progress.step:07d}", {"epoch": epoch, **self._losses(totals)}
+                )
+        return totals
+
+    def validate(self) -> dict[str, float]:
+        """AUC and logloss on the ``valid`` split, every rank scoring its share; identical on all ranks."""
+        from distrec.data.reader import ShardReader
+        from distrec.train.feed import lockstep, to_batches
+
+        if not self.valid_files:
+            return {"valid_auc": math.nan, "valid_logloss": math.nan}
+        reader = ShardReader(self.valid_files, self.log_columns, self.rank, self.world, self.task.train.batch_size)
+        tables = (with_zero_columns(t, self.task.soft_label_columns) for t in reader.batches())
+        batches = lockstep(to_batches(tables, self.builder), self.template, self.control)
+        labels, logits = [], []
+        self.training.dmp.eval()
+        with torch.no_grad():
+            while True:
+                try:
+                    out = self.pipeline.progress(batches)
+                except StopIteration:
+                    break
+                real = out.weights > 0
+                labels.append(out.labels[real].cpu().numpy())
+                logits.append(out.logits[real].float().cpu().numpy())
+        self.training.dmp.train()
+        mine = (np.concatenate(labels or [np.zeros(0)]), np.concatenate(logits or [np.zeros(0)]))
+        gathered: list[Any] = [None] * self.world
+        dist.all_gather_object(gathered, mine, group=self.control)
+        y = np.concatenate([g[0] for g in gathered])
+        p = 1.0 / (1.0 + np.exp(-np.concatenate([g[1] for g in gathered]).astype(np.float64)))
+        return {"valid_auc": auc(y, p), "valid_logloss": logloss(y, p)}
+
+    def save_checkpoint(
+        self, name: str, metrics: dict[str, Any], export: bool = False, started: float | None = None
+    ) -> None:
+        """Every rank writes its DCP shards; with ``export`` rank 0 adds the unsharded export."""
+        import ray.train
+
+        from distrec.train import checkpoint
+
+        with self.timed("save_checkpoint"):
+            t = self.training
+            state = gather_state_dict(t.dmp, prefix="model.") if export else None
+            rows = torch.tensor([float(self.progress.rows)], dtype=torch.float64)
+            dist.all_reduce(rows, group=self.control)
+            with tempfile.TemporaryDirectory() as tmp:
+                checkpoint.save(t.dmp, t.optimizer, self.progress.to_tensor(), Path(tmp) / "dcp", self.control)
+                if self.rank == 0:
+                    (Path(tmp) / CURVE).write_text(json.dumps(self.curve))
+                if state is not None:
+                    write_export(Path(tmp), export_spec(t.spec), self.manifest, state)
+                metrics = {
+                    **metrics,
+                    "step": self.progress.step,
+                    "rows": int(rows.item()),
+                    "export": export,
+                    "curve": list(self.curve),
+                    "plan": describe_plan(t.plan),
+                    "timers": {k: round(v, 3) for k, v in self.timers.items()},
+                }
+                if started is not None:
+                    metrics["seconds"] = time.perf_counter() - started
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
+
+    def _losses(self, totals: torch.Tensor) -> dict[str, float]:
+        """Weighted mean loss and components over every rank's rows since ``totals`` started."""
+        summed = totals.clone()
+        dist.all_reduce(summed, group=self.control)
+        weight = max(summed[1].item(), 1e-12)
+        return {
+            "train_loss": summed[0].item() / weight,
+            **{f"train_{n}": v.item() / weight for n, v in zip(COMPONENTS, summed[2:], strict=True)},
+        }
 
 
 def train_worker(task: WorkerTask) -> None:
-    """Body of ``train_loop_per_worker``: train one model on this rank's share, checkpoint, export.
-
-    Progress is ``[epoch, batches done in the epoch, rows trained]`` per rank. Reading the files
-    directly (``ShardReader``) resumes mid-epoch at the exact batch; the soft-label stream is a
-    dynamic split, so a student checkpoints and resumes at epoch boundaries.
-    """
-    import ray.train
-    from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
-
-    from distrec.data.reader import ShardReader
-    from distrec.train import checkpoint
-    from distrec.train.feed import arrow_batches, lockstep, to_batches
-    from distrec.train.sharding import device_for
-
-    torch.set_num_threads(1)
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    device = device_for(task.train.device, context.get_local_rank())
-    torch.manual_seed(task.seed)
-    manifest = Manifest.read(task.dataset).with_table_rows(dict(task.model.table_rows))
-    dmp, optimizer, plan, spec = build_training(task, manifest, world, device)
-    pipeline = TrainPipelineSparseDist(dmp, optimizer, device, execute_all_batches=True)
-    control = dist.new_group(backend="gloo")  # CPU side channel (lockstep flags, DCP), also under nccl
-
-    builder = BatchBuilder(manifest, task.soft_label_columns)
-    template = _template_batch(manifest, task.dataset, builder)
-    files = [str(f) for f in manifest.files(task.dataset, "train")]
-    reader = ShardReader(files, builder.columns, rank, world, task.train.batch_size) if task.shards is None else None
-    every = task.train.checkpoint_every if reader is not None else 0
-
-    progress = torch.zeros(3, dtype=torch.int64)
-    resumed = ray.train.get_checkpoint()
-    if resumed is not None:
-        with resumed.as_directory() as directory:
-            progress = checkpoint.load(dmp, optimizer, Path(directory) / "dcp", control)
-    elif spec.warm_start:
-        load_unsharded(dmp, read_export(spec.warm_start)[1], prefix="model.")
-
-    def save(metrics: dict[str, Any], name: str, final: bool) -> None:
-        """Every rank writes its DCP shards; rank 0 adds the unsharded export to the final one."""
-        state = gather_state_dict(dmp, prefix="model.") if final else None
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint.save(dmp, optimizer, progress, Path(tmp) / "dcp", control)
-            if state is not None:
-                export_spec = {"name": spec.name, "arch": spec.arch, "dim": spec.dim, "hidden": list(spec.hidden)}
-                write_export(Path(tmp), export_spec, manifest, state)
-                metrics["plan"] = describe_plan(plan)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
-
-    started = time.perf_counter()
-    # weighted loss sum, weight sum, rows trained this run, then the weighted loss components
-    totals = torch.zeros(3 + len(COMPONENTS), dtype=torch.float64)
-    for epoch in range(int(progress[0]), task.train.epochs):
-        step = int(progress[1])
-        seed = task.seed * 1_000_003 + epoch * 1_009 + rank if spec.bootstrap else None
-        tables = (
-            reader.batches(skip_batches=step)
-            if reader is not None
-            else arrow_batches(task.shards[rank], task.train.batch_size)
-        )
-        batches = lockstep(to_batches(tables, builder, seed), template, control)
-        while True:
-            try:
-                out = pipeline.progress(batches)
-            except StopIteration:
-                break
-            live = out.weights.sum().item()
-            rows = out.labels.numel() if live > 0 else 0  # padding batches carry weight 0
-            totals[:3] += torch.tensor([out.loss.item() * live, live, rows], dtype=torch.float64)
-            totals[3:] += out.components.detach().cpu().double() * live
-            step += 1
-            progress[:] = torch.tensor([epoch, step, int(progress[2]) + rows])
-            if every and step % every == 0:
-                save(
-                    _metrics(totals, epoch, step, started, control, progress),
-                    f"epoch{epoch:03d}-step{step:07d}",
-                    final=False,
-                )
-        progress[:] = torch.tensor([epoch + 1, 0, int(progress[2])])
-        final = epoch == task.train.epochs - 1
-        save(_metrics(totals, epoch, step, started, control, progress), f"epoch{epoch:03d}-end", final=final)
-        totals.zero_()
-
-
-def _metrics(
-    totals: torch.Tensor, epoch: int, step: int, started: float, group: dist.ProcessGroup, progress: torch.Tensor
-) -> dict[str, Any]:
-    """Loss since the last report, rows trained so far (all ranks, across restarts)."""
-    summed = totals.clone()
-    dist.all_reduce(summed, group=group)
-    rows = progress[2:3].to(torch.float64)
-    dist.all_reduce(rows, group=group)
-    return {
-        "epoch": epoch,
-        "step": step,
-        "train_loss": summed[0].item() / max(summed[1].item(), 1e-12),
-        **{f"train_{n}": v.item() / max(summed[1].item(), 1e-12) for n, v in zip(COMPONENTS, summed[3:], strict=True)},
-        "rows": int(rows.item()),
-        "rows_this_run": int(summed[2].item()),
-        "seconds": time.perf_counter() - started,
-    }
+    """Body of ``train_loop_per_worker``."""
+    worker = Worker(task)
+    worker.setup()
+    worker.run()

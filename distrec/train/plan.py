@@ -11,7 +11,7 @@ from torchrec.distributed.types import ParameterSharding
 
 from distrec.config import Config, ModelConfig
 from distrec.data.schema import Manifest
-from distrec.models.architectures import build_model
+from distrec.models.architectures import model_from_config
 from distrec.train.objective import Objective
 from distrec.train.sharding import embedding_configs, make_planner
 
@@ -36,7 +36,7 @@ def plan_model(
     """Plan one model's tables on ``world_size`` workers of ``device`` without any process group."""
     m = model_config
     manifest = manifest.with_table_rows(dict(m.table_rows))
-    model = build_model(m.arch, m.name, manifest, m.dim, list(m.hidden), torch.device("meta"))
+    model = model_from_config(m, manifest, torch.device("meta"))
     objective = Objective(model)
     planner = make_planner(objective, world_size, device, config.train.sharding_types, config.train.batch_size)
     plan = planner.plan(objective, get_default_sharders())

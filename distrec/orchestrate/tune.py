@@ -1,0 +1,152 @@
+"""``distrec tune``: a search over training, model and causal settings on Ray Tune, selected on ``valid``.
+
+A trial trains one model (``tune.target``: ``base``, a teacher's name, or ``student``) with the trial's
+settings applied as dotted overrides of the run's configuration, and reports the best ``valid`` AUC of
+its epochs (the loop's own early stopping and best-epoch selection). Test splits are never read.
+For the student, the teachers are trained and the soft labels scored once, before the trials, in the
+tuning directory; every trial then reads the same Parquet soft labels in the same order.
+
+The search space maps dotted keys to a list (a grid, every value tried) or to one distribution:
+``{loguniform: [lo, hi]}``, ``{uniform: [lo, hi]}``, ``{choice: [a, b, ...]}`` (``tune.num_samples``
+draws). Results, written into ``<runs_dir>/<run_id>/``:
+
+    tune.json    every trial's settings, best valid AUC and best epoch, ranked
+    best.yaml    the run configuration with the best settings applied
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import ray
+from omegaconf import OmegaConf
+
+from distrec.config import Config, to_yaml
+from distrec.errors import ConfigError
+from distrec.io import atomic_write_json, atomic_write_text
+from distrec.orchestrate.pipeline import (
+    RunContext,
+    open_run,
+    ray_session,
+    score_soft_labels,
+    student_variants,
+    train_teachers,
+)
+from distrec.orchestrate.trainers import fit
+
+log = logging.getLogger("distrec")
+DISTRIBUTIONS = ("loguniform", "uniform", "choice")
+
+
+def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
+    """``config`` with dotted-key overrides applied and validated as ``load_config`` validates them."""
+    from distrec.config import check_causal, check_train
+
+    merged = OmegaConf.merge(
+        OmegaConf.structured(config), OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()])
+    )
+    out = OmegaConf.to_object(merged)
+    assert isinstance(out, Config)
+    check_causal(out.distill, out.crl)
+    check_train(out.train)
+    return out
+
+
+def param_space(space: dict[str, Any]) -> dict[str, Any]:
+    """Ray Tune's search space from the config's ``tune.space``; ConfigError on a malformed entry."""
+    from ray import tune
+
+    out: dict[str, Any] = {}
+    for key, spec in space.items():
+        if isinstance(spec, list):
+            out[key] = tune.grid_search(spec)
+        elif isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in DISTRIBUTIONS:
+            kind, args = next(iter(spec.items()))
+            out[key] = tune.choice(list(args)) if kind == "choice" else getattr(tune, kind)(*args)
+        else:
+            raise ConfigError(f"tune.space.{key} must be a list (grid) or one of {list(DISTRIBUTIONS)}, got {spec!r}")
+    return out
+
+
+def _trial_task(config: Config, ctx: RunContext, soft_labels: list[str] | None):
+    """The WorkerTask of the model being tuned, under ``config``."""
+    target = config.tune.target
+    if target == "base":
+        return ctx.task(replace(config.student, name="base"), config.seed)
+    if target == "student":
+        model, extra = student_variants(config, [t.name for t in config.teachers])[-1]
+        return ctx.task(model, config.seed, train_files=soft_labels, **extra)
+    for i, teacher in enumerate(config.teachers):
+        if teacher.name == target:
+            return ctx.task(teacher, config.seed + i)
+    raise ConfigError(f"tune.target must be base, student or a teacher's name, got {target!r}")
+
+
+def tune(config: Config) -> Path:
+    """Run the search; returns the finished tuning directory."""
+    from ray import tune as ray_tune
+
+    if not config.tune.space:
+        raise ConfigError(
+            "tune.space is empty: give the settings to search, e.g. tune.space={train.sparse_lr: [0.05, 0.1]}"
+        )
+    space = param_space(dict(config.tune.space))
+    _trial_task(config, RunContext(config, Path("."), Path("."), None), None)  # type: ignore[arg-type]  # checks target
+    started = time.perf_counter()
+    ctx = open_run(config)
+    with ray_session(config.ray):
+        soft_labels = None
+        if config.tune.target == "student":
+            train_teachers(ctx)
+            soft_labels = score_soft_labels(ctx)
+
+        def trial(params: dict[str, Any]) -> None:
+            trial_config = with_overrides(config, params)
+            storage = str((ctx.run_dir / "trials" / ray_tune.get_context().get_trial_id()).resolve())
+            trained = fit(_trial_task(trial_config, ctx, soft_labels), storage)
+            curve = trained.metrics.get("curve") or []
+            best = max(curve, key=lambda p: p["valid_auc"]) if curve else {"valid_auc": float("nan"), "epoch": -1}
+            ray_tune.report({"valid_auc": best["valid_auc"], "best_epoch": best["epoch"]})
+
+        tuner = ray_tune.Tuner(
+            trial,
+            param_space=space,
+            tune_config=ray_tune.TuneConfig(
+                metric="valid_auc",
+                mode="max",
+                num_samples=config.tune.num_samples,
+                max_concurrent_trials=config.tune.max_concurrent_trials,
+            ),
+            run_config=ray.tune.RunConfig(storage_path=str((ctx.run_dir / "tune").resolve()), name="search"),
+        )
+        results = tuner.fit()
+    trials = []
+    for result in results:
+        if result.error is not None:
+            raise RuntimeError(f"a tuning trial failed: {result.error}")
+        params = {k: result.config[k] for k in space}
+        trials.append(
+            {"params": params, "valid_auc": result.metrics["valid_auc"], "best_epoch": result.metrics["best_epoch"]}
+        )
+    trials.sort(key=lambda t: -t["valid_auc"])
+    best = trials[0]
+    atomic_write_json(
+        ctx.run_dir / "tune.json",
+        {
+            "target": config.tune.target,
+            "metric": "valid_auc",
+            "trials": trials,
+            "seconds": round(time.perf_counter() - started, 1),
+        },
+    )
+    atomic_write_text(ctx.run_dir / "best.yaml", to_yaml(with_overrides(config, best["params"])))
+    final = ctx.run_dir.with_name(ctx.run_dir.name.removesuffix(".partial"))
+    os.replace(ctx.run_dir, final)
+    log.info("best valid AUC %.4f with %s", best["valid_auc"], json.dumps(best["params"]))
+    return final

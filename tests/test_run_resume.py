@@ -1,0 +1,89 @@
+"""The pipeline's stages: a driver killed during the student stage, then ``distrec run --resume``
+finishes the run without retraining the teachers; and ``distrec tune`` on a real Ray Tune search."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from test_pipeline import TINY
+
+from distrec.cli import main
+from distrec.data.schema import Manifest
+
+TEACHERS = ("fm", "cross", "base")
+
+
+def test_driver_killed_in_the_student_stage_resumes_without_retraining_teachers(
+    tiny_dataset: tuple[Path, Manifest], tmp_path: Path
+) -> None:
+    root, manifest = tiny_dataset
+    runs = tmp_path / "runs"
+    args = ["run", "jobs/local.yaml", f"data.path={root}", f"runs_dir={runs}", "run_id=r", *TINY]
+    partial = runs / "r.partial"
+    # the driver in its own session, so the kill takes its embedded Ray with it, as a lost head would
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "distrec.cli", *args],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(Path.cwd())},
+    )
+    try:
+        deadline = time.time() + 300
+        done = [partial / "models" / n / "training.json" for n in TEACHERS]
+        while time.time() < deadline and not all(p.is_file() for p in done):
+            assert driver.poll() is None, "the driver ended before the student stage"
+            time.sleep(0.2)
+        assert all(p.is_file() for p in done)
+        assert not (partial / "models" / "student" / "training.json").exists()
+        os.killpg(driver.pid, signal.SIGKILL)
+    finally:
+        driver.wait(timeout=60)
+    finished = {n: (partial / "models" / n / "training.json").stat().st_mtime_ns for n in TEACHERS}
+
+    assert main(["run", "--resume", str(partial)]) == 0
+    run_dir = runs / "r"
+    assert not partial.exists() and (run_dir / "report.json").is_file()
+    for name, mtime in finished.items():  # the teachers' exports were kept, not trained again
+        assert (run_dir / "models" / name / "training.json").stat().st_mtime_ns == mtime, name
+    report = json.loads((run_dir / "report.json").read_text())
+    assert set(report["models"]) == {"fm", "cross", "base", "student"}
+    assert report["run"]["training"]["student"]["rows"] == manifest.rows["train"]  # every row once, one epoch
+
+
+def test_resume_refuses_another_configuration(tiny_dataset: tuple[Path, Manifest], tmp_path: Path) -> None:
+    partial = tmp_path / "x.partial"
+    partial.mkdir()
+    (partial / "config.yaml").write_text("seed: 0\n")
+    assert main(["run", "--resume", str(partial)]) == 3
+    assert main(["run", "--resume", str(tmp_path / "nothing")]) == 3
+
+
+def test_tune_searches_on_valid_and_writes_the_best_config(
+    ray_local: None, tiny_dataset: tuple[Path, Manifest], tmp_path: Path
+) -> None:
+    root, _ = tiny_dataset
+    space = "tune.space={train.sparse_lr: [0.01, 0.3]}"
+    args = ["tune", "jobs/local.yaml", f"data.path={root}", f"runs_dir={tmp_path}", "run_id=t", *TINY, space]
+    assert main(args) == 0
+    result = json.loads((tmp_path / "t" / "tune.json").read_text())
+    assert result["target"] == "base" and result["metric"] == "valid_auc"
+    trials = result["trials"]
+    assert sorted(t["params"]["train.sparse_lr"] for t in trials) == [0.01, 0.3]
+    assert trials[0]["valid_auc"] >= trials[1]["valid_auc"]  # ranked by valid AUC
+    best = (tmp_path / "t" / "best.yaml").read_text()
+    assert f"sparse_lr: {trials[0]['params']['train.sparse_lr']}" in best
+
+
+def test_tune_rejects_a_malformed_space(tmp_path: Path) -> None:
+    args = ["tune", "jobs/local.yaml", f"runs_dir={tmp_path}", "tune.space={train.sparse_lr: {normal: [0, 1]}}"]
+    assert main(args) == 3
+    assert (
+        main(["tune", "jobs/local.yaml", f"runs_dir={tmp_path}", "tune.target=nobody", "tune.space={seed: [1]}"]) == 3
+    )
