@@ -301,7 +301,7 @@ def test_crl_removes_confounder_information_from_z(estimator: str) -> None:
 @pytest.mark.parametrize("job", ["jobs/local.yaml", "jobs/cluster.yaml"])
 def test_shipped_jobs_pass_validation(job: str) -> None:
     config = load_config(Path(__file__).parent.parent / job)
-    assert config.crl.critic_steps == 1 and config.distill.schedule == "constant"
+    assert config.crl.critic_steps == 2 and config.distill.schedule == "constant"
 
 
 def test_valid_overrides_load() -> None:
