@@ -49,6 +49,8 @@ def good_columns() -> dict[str, pa.Array]:
         "price": pa.array([1.0, -2.0, 0.0, 3.5, 1e6, 0.1], pa.float32()),
         "mood": pa.array([0, 1, 2, 3, 0, 1], pa.int64()),
         "true_ctr": pa.array([0.1, 0.9, 0.5, 0.2, 0.0, 1.0], pa.float32()),
+        "p_obs": pa.array([0.2, 0.8, 0.5, 0.3, 0.1, 0.9], pa.float32()),
+        "p_do": pa.array([0.3, 0.7, 0.5, 0.3, 0.2, 0.8], pa.float32()),
     }
 
 
