@@ -60,15 +60,12 @@ def _data_import(args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace) -> None:
     from distrec.config import load_config
     from distrec.errors import ConfigError
+    from distrec.io import partial_dir
     from distrec.loopback import bind_local_ray_to_loopback
 
     resume = Path(args.resume) if args.resume else None
     if resume is not None:
-        saved = (
-            resume / "config.yaml"
-            if resume.name.endswith(".partial")
-            else resume.with_name(resume.name + ".partial") / "config.yaml"
-        )
+        saved = partial_dir(resume) / "config.yaml"
         if not saved.is_file():
             raise ConfigError(f"--resume {resume}: no partial run there (no {saved})")
         config = load_config(saved, args.overrides)

@@ -176,6 +176,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     except OmegaConfBaseException as exc:
         raise ConfigError(f"invalid configuration: {exc}") from exc
     assert isinstance(config, Config)
+    check(config)
+    return config
+
+
+def check(config: Config) -> None:
+    """Every check the types alone cannot express, over the whole config: ConfigError."""
     check_causal(config.distill, config.crl)
     check_train(config.train)
     if config.crl.beta > 0 and config.crl.critic_lr <= config.train.dense_lr:
@@ -183,7 +189,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             f"invalid configuration: crl.critic_lr={config.crl.critic_lr} must exceed train.dense_lr="
             f"{config.train.dense_lr}: a critic that learns no faster than the representation cannot track it"
         )
-    return config
 
 
 SPARSE_OPTIMIZERS = {

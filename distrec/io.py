@@ -63,3 +63,8 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def partial_dir(run_dir: Path) -> Path:
+    """The ``.partial`` directory of a run directory named with or without its suffix."""
+    return run_dir if run_dir.name.endswith(".partial") else run_dir.with_name(run_dir.name + ".partial")

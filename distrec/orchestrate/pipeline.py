@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import ray
 
 from distrec.config import Config, ModelConfig, RayConfig, to_dict, to_yaml
@@ -43,7 +44,7 @@ from distrec.errors import ConfigError
 from distrec.eval.evaluate import activity_groups_of, ceilings, evaluate_exports
 from distrec.eval.peers import PEERS
 from distrec.eval.report import build_report, write_report
-from distrec.io import atomic_write_json, atomic_write_text
+from distrec.io import atomic_write_json, atomic_write_text, partial_dir
 from distrec.orchestrate.stream import conditional_column, front_door_column, soft_label_stream, write_history_bank
 from distrec.orchestrate.trainers import TrainedModel, fit, fit_concurrently
 from distrec.train.loop import WorkerTask
@@ -145,7 +146,7 @@ def open_run(config: Config, resume: Path | None = None) -> RunContext:
     """
     check_names(config)
     if resume is not None:
-        run_dir = resume if resume.name.endswith(".partial") else resume.with_name(resume.name + ".partial")
+        run_dir = partial_dir(resume)
     else:
         config = replace(config, run_id=config.run_id or new_run_id())
         final_dir = Path(config.runs_dir) / str(config.run_id)
@@ -218,7 +219,7 @@ def train_teachers(ctx: RunContext) -> None:
 def train_students(ctx: RunContext) -> None:
     """Stages: soft labels (front-door and plain, from every teacher), then the student variants."""
     config = ctx.config
-    students = [(m, kw) for m, kw in student_variants(config, [t.name for t in config.teachers])]
+    students = student_variants(config, [t.name for t in config.teachers])
     todo = [(m, kw) for m, kw in students if not ctx.done(m.name)]
     if not todo:
         return
@@ -256,7 +257,17 @@ def score_soft_labels(ctx: RunContext) -> list[str]:
         ray.data.DataContext.get_current().execution_options.preserve_order = True
         partial = soft_dir.with_name("soft_labels.partial")
         shutil.rmtree(partial, ignore_errors=True)
-        soft_labels(ctx).write_parquet(str(partial))
+        partial.mkdir()
+        # Written from the ordered stream by one writer: Ray Data's write_parquet names its files after
+        # per-task ids, so their sorted names need not follow the row order.
+        writer: pq.ParquetWriter | None = None
+        stream = soft_labels(ctx).iter_batches(batch_size=ctx.config.distill.score_batch_size, batch_format="pyarrow")
+        for table in stream:
+            if writer is None:
+                writer = pq.ParquetWriter(partial / "part-00000.parquet", table.schema)
+            writer.write_table(table)
+        if writer is not None:
+            writer.close()
         os.replace(partial, soft_dir)
     return [str(p.resolve()) for p in sorted(soft_dir.glob("*.parquet"))]
 

@@ -39,6 +39,7 @@ from distrec.orchestrate.pipeline import (
     train_teachers,
 )
 from distrec.orchestrate.trainers import fit
+from distrec.train.loop import WorkerTask
 
 log = logging.getLogger("distrec")
 DISTRIBUTIONS = ("loguniform", "uniform", "choice")
@@ -46,15 +47,14 @@ DISTRIBUTIONS = ("loguniform", "uniform", "choice")
 
 def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
     """``config`` with dotted-key overrides applied and validated as ``load_config`` validates them."""
-    from distrec.config import check_causal, check_train
+    from distrec.config import check
 
     merged = OmegaConf.merge(
         OmegaConf.structured(config), OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()])
     )
     out = OmegaConf.to_object(merged)
     assert isinstance(out, Config)
-    check_causal(out.distill, out.crl)
-    check_train(out.train)
+    check(out)
     return out
 
 
@@ -74,18 +74,22 @@ def param_space(space: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _trial_task(config: Config, ctx: RunContext, soft_labels: list[str] | None):
-    """The WorkerTask of the model being tuned, under ``config``."""
+def check_target(config: Config) -> None:
+    targets = ["base", "student", *(t.name for t in config.teachers)]
+    if config.tune.target not in targets:
+        raise ConfigError(f"tune.target must be one of {targets}, got {config.tune.target!r}")
+
+
+def _trial_task(config: Config, ctx: RunContext, soft_labels: list[str] | None) -> WorkerTask:
+    """The WorkerTask of the model being tuned (``check_target`` has passed), under ``config``."""
     target = config.tune.target
     if target == "base":
         return ctx.task(replace(config.student, name="base"), config.seed)
     if target == "student":
         model, extra = student_variants(config, [t.name for t in config.teachers])[-1]
         return ctx.task(model, config.seed, train_files=soft_labels, **extra)
-    for i, teacher in enumerate(config.teachers):
-        if teacher.name == target:
-            return ctx.task(teacher, config.seed + i)
-    raise ConfigError(f"tune.target must be base, student or a teacher's name, got {target!r}")
+    i, teacher = next((i, t) for i, t in enumerate(config.teachers) if t.name == target)
+    return ctx.task(teacher, config.seed + i)
 
 
 def tune(config: Config) -> Path:
@@ -97,7 +101,7 @@ def tune(config: Config) -> Path:
             "tune.space is empty: give the settings to search, e.g. tune.space={train.sparse_lr: [0.05, 0.1]}"
         )
     space = param_space(dict(config.tune.space))
-    _trial_task(config, RunContext(config, Path("."), Path("."), None), None)  # type: ignore[arg-type]  # checks target
+    check_target(config)
     started = time.perf_counter()
     ctx = open_run(config)
     with ray_session(config.ray):

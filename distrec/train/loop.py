@@ -268,25 +268,31 @@ class Worker:
         totals = torch.zeros(2 + len(COMPONENTS), dtype=torch.float64)
         every = task.train.checkpoint_every if self.reader is not None else 0
         self.training.dmp.train()
-        while True:
-            self.schedule.apply(self.progress.global_step)
-            with self.timed("train_step"):
-                try:
-                    out = self.pipeline.progress(batches)
-                except StopIteration:
-                    break
+        self.schedule.apply(self.progress.global_step)
+        for out in self._outputs(batches, "train_step"):
             live = out.weights.sum()
             totals[0] += (out.loss * live).double()
             totals[1] += live.double()
             totals[2:] += out.components.double() * live
             self.progress.step += 1
             self.progress.global_step += 1
+            self.schedule.apply(self.progress.global_step)  # the learning rates of the next step
             self.progress.rows += int(out.weights.numel()) if live.item() > 0 else 0  # padding carries weight 0
             if every and self.progress.step % every == 0:
                 self.save_checkpoint(
                     f"epoch{epoch:03d}-step{self.progress.step:07d}", {"epoch": epoch, **self._losses(totals)}
                 )
         return totals
+
+    def _outputs(self, batches: Iterator[Any], timer: str) -> Iterator[Any]:
+        """The pipeline's ``StepOutput`` for each batch (a step when the model is in train mode)."""
+        while True:
+            with self.timed(timer):
+                try:
+                    out = self.pipeline.progress(batches)
+                except StopIteration:
+                    return
+            yield out
 
     def validate(self) -> dict[str, float]:
         """AUC and logloss on the ``valid`` split, every rank scoring its share; identical on all ranks."""
@@ -301,11 +307,7 @@ class Worker:
         labels, logits = [], []
         self.training.dmp.eval()
         with torch.no_grad():
-            while True:
-                try:
-                    out = self.pipeline.progress(batches)
-                except StopIteration:
-                    break
+            for out in self._outputs(batches, "validate_step"):
                 real = out.weights > 0
                 labels.append(out.labels[real].cpu().numpy())
                 logits.append(out.logits[real].float().cpu().numpy())
