@@ -42,8 +42,9 @@ def test_layout_and_manifest(dataset: tuple[Path, Manifest, dict[str, pa.Table]]
         "valid": ["ds=2026-01-06"],
         "test_id": ["ds=2026-01-07"],
         "test_ood": ["ds=2026-01-07"],
+        "test_do": ["ds=2026-01-07"],
     }
-    assert manifest.rows == {"train": 42_000, "valid": 6_000, "test_id": 6_000, "test_ood": 6_000}
+    assert manifest.rows == {"train": 42_000, "valid": 4_500, "test_id": 4_500, "test_ood": 4_500, "test_do": 4_500}
     assert {s: t.num_rows for s, t in tables.items()} == manifest.rows
     assert manifest.has_true_ctr and manifest.history_max_len == 20
     assert manifest.cardinality == {"user_id": 800, "item_id": ITEMS, "item_tag": 16}
@@ -110,10 +111,14 @@ def test_activity_is_long_tailed_and_histories_follow_it(
     groups = groups_from_counts(counts)
     means = [counts[groups == g].mean() for g in range(5)]
     assert means[4] / means[0] >= 10, means  # the quintiles mean something
-    history_of: dict[int, list[int]] = {}
+    # each row sees a window of its user's history pool: several histories per user, all of one length
+    history_of: dict[int, set[tuple[int, ...]]] = {}
     for user, history in zip(table["user_id"].to_pylist(), table["hist_item_ids"].to_pylist(), strict=True):
-        assert history_of.setdefault(user, history) == history  # one fixed history per user
-    lengths = np.array([len(h) for h in history_of.values()])
+        history_of.setdefault(user, set()).add(tuple(history))
+    assert all(len({len(h) for h in hs}) == 1 for hs in history_of.values())
+    busy = [hs for hs in history_of.values() if len(next(iter(hs))) >= 4]
+    assert np.mean([len(hs) > 1 for hs in busy]) > 0.9
+    lengths = np.array([len(next(iter(hs))) for hs in history_of.values()])
     assert lengths.max() == manifest.history_max_len and lengths.min() < manifest.history_max_len / 2
     activity = users["activity"].to_numpy()[np.array(list(history_of))]
     assert np.corrcoef(np.log(activity), lengths)[0, 1] > 0.5  # tail users have short histories
@@ -124,41 +129,64 @@ def test_activity_is_long_tailed_and_histories_follow_it(
     )
 
 
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-x))
+
+
 def test_truths_are_exact(dataset: tuple[Path, Manifest, dict[str, pa.Table]]) -> None:
-    """p_do and p_obs against Monte Carlo over the session confounder V from the stored latents."""
+    """p_obs, p_do and p_fd against Monte Carlo over V (and, for p_fd, over users) from the stored latents."""
     root, manifest, tables = dataset
     scm = manifest.source["scm"]
     users, items = pq.read_table(root / "scm" / "users.parquet"), pq.read_table(root / "scm" / "items.parquet")
-    p = np.stack(users["p"].to_numpy(zero_copy_only=False))
+    c = np.stack(pq.read_table(root / "scm" / "mediators.parquet")["c"].to_numpy(zero_copy_only=False))
     q = np.stack(items["q"].to_numpy(zero_copy_only=False))
-    rows = tables["test_id"].slice(0, 200)
+    a, social, b = users["a"].to_numpy(), items["social"].to_numpy(), items["b"].to_numpy()
+    rows = tables["test_id"].slice(0, 100)
     u, i = rows["user_id"].to_numpy(), rows["item_id"].to_numpy()
-    eta = (
-        scm["b0"]
-        + scm["w_c"] * np.einsum("nd,nd->n", p[u], q[i]) / np.sqrt(scm["dim"])
-        + items["b"].to_numpy()[i]
-        + scm["w_a"] * users["a"].to_numpy()[u]
-    )
-    v = np.random.default_rng(0).standard_normal(200_000)
-    click = 1 / (1 + np.exp(-(eta[:, None] + scm["w_v"] * v[None, :])))
-    exposure = 1 / (1 + np.exp(-items["sign"].to_numpy()[i][:, None] * scm["confounding"] * v[None, :]))
-    np.testing.assert_allclose(rows["p_do"].to_numpy(), click.mean(1), atol=3e-3)
-    np.testing.assert_allclose(rows["p_obs"].to_numpy(), (click * exposure).mean(1) / exposure.mean(1), atol=3e-3)
+    # P(m | x) from the row's own history, recomputed from the item latents
+    mean = np.stack([q[h].mean(0) if h else np.zeros(scm["dim"]) for h in rows["hist_item_ids"].to_pylist()])
+    logits = scm["beta_m"] * mean @ c.T / np.sqrt(scm["dim"])
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    base = scm["b0"] + scm["w_m"] * (q[i] @ c.T) / np.sqrt(scm["dim"]) + b[i, None]  # [rows, mediators]
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal(20_000)
+    exposure = _sigmoid(items["sign"].to_numpy()[i][:, None] * scm["confounding"] * v[None, :])  # [rows, draws]
+
+    def expected(trait: np.ndarray, weighted: bool) -> np.ndarray:
+        """sum_m P(m|x) E[sigmoid(...)] with the rows' traits ``trait`` ([rows, draws] or [rows, 1])."""
+        eta = base[:, :, None] + (scm["w_u"] * social[i])[:, None, None] * trait[:, None, :]
+        click = np.einsum("rm,rmd->rd", probs, _sigmoid(eta + scm["w_v"] * v[None, None, :]))
+        return (click * exposure).mean(1) / exposure.mean(1) if weighted else click.mean(1)
+
+    np.testing.assert_allclose(rows["p_do"].to_numpy(), expected(a[u][:, None], False), atol=4e-3)
+    np.testing.assert_allclose(rows["p_obs"].to_numpy(), expected(a[u][:, None], True), atol=4e-3)
+    activity = users["activity"].to_numpy()
+    population = a[rng.choice(len(a), size=(len(rows), len(v)), p=activity / activity.sum())]
+    np.testing.assert_allclose(rows["p_fd"].to_numpy(), expected(population, True), atol=6e-3)
 
 
 def test_ceilings_read_as_the_scm_promises(dataset: tuple[Path, Manifest, dict[str, pa.Table]]) -> None:
     _, _, tables = dataset
-    logged = tables["test_id"]
-    y = logged["label"].to_numpy()
-    assert abs(y.mean() - logged["p_obs"].to_numpy().mean()) < 0.015  # p_obs is calibrated on the logs
+    for split in ("test_id", "test_do"):  # the logs' and the intervention's Bayes predictors are calibrated
+        y = tables[split]["label"].to_numpy()
+        truth = "p_obs" if split == "test_id" else "p_fd"
+        assert abs(y.mean() - tables[split][truth].to_numpy().mean()) < 0.015, split
     score = {
         (s, t): auc(tables[s]["label"].to_numpy(), tables[s][t].to_numpy())
-        for s in ("test_id", "test_ood")
-        for t in ("p_obs", "p_do")
+        for s in ("test_id", "test_ood", "test_do")
+        for t in ("p_obs", "p_do", "p_fd")
     }
     assert score["test_id", "p_obs"] > score["test_id", "p_do"]  # in distribution the spurious tag helps
     assert score["test_ood", "p_do"] - score["test_ood", "p_obs"] > 0.03  # under the flip it costs
     assert abs(score["test_ood", "p_do"] - score["test_id", "p_do"]) < 0.02  # the interventional truth is robust
+    assert score["test_do", "p_fd"] - score["test_do", "p_obs"] > 0.01  # with X set, the user's U misleads
+
+    def logloss(split: str, truth: str) -> float:
+        y, p = tables[split]["label"].to_numpy(), np.clip(tables[split][truth].to_numpy(), 1e-6, 1 - 1e-6)
+        return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+
+    assert logloss("test_do", "p_fd") < logloss("test_do", "p_obs") - 0.01  # p_fd is the Bayes predictor there
 
 
 def test_deterministic_given_seed(tmp_path: Path) -> None:

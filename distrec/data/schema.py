@@ -47,10 +47,12 @@ IS_RANDOM = "is_random"
 HISTORY = "hist_item_ids"
 TRUE_CTR = "true_ctr"
 P_OBS = "p_obs"  # synthetic: the observational Bayes probability P(Y | u, i) under the logging policy
-P_DO = "p_do"  # synthetic: the interventional probability P(Y | u, do(i)), the exposure confounder averaged out
-TRUTHS = (TRUE_CTR, P_OBS, P_DO)
+P_DO = "p_do"  # synthetic: the interventional probability P(Y | u, x, do(i)), the exposure confounder averaged out
+P_FD = "p_fd"  # synthetic: the front-door target P(Y | do(x), i), the user confounder averaged out
+TRUTHS = (TRUE_CTR, P_OBS, P_DO, P_FD)
 
-SPLITS = ("train", "valid", "test_id", "test_ood")
+# test_ood: the exposure policy flipped; test_do (synthetic): the history set by intervention
+SPLITS = ("train", "valid", "test_id", "test_ood", "test_do")
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 

@@ -1,37 +1,50 @@
 """Synthetic confounded interaction logs from a structural causal model with exact ground truth.
 
-The SCM (constants below, all recorded in ``manifest.source``)::
+The SCM has both kinds of confounding distrec's students claim to fix, each with its exact target
+(constants below, all recorded in ``manifest.source``)::
 
-    user u:      p_u ~ N(0, I_dim)          latent preferences
-                 a_u ~ N(0, 1)              a stable user trait (unobserved): raises clicks, and activity
-                 w_u = exp(activity * xi_u + ACTIVITY_TRAIT * a_u)   activity: rows are drawn with P(u) ~ w_u,
+    user u:      p_u ~ N(0, I_dim)          taste: steers the history, nothing else
+                 U_u = a_u ~ N(0, 1)        the unobserved user confounder: a taste for "social" items
+                 w_u = exp(activity * xi_u + ACTIVITY_TRAIT * a_u)   rows are drawn with P(u) ~ w_u:
                                             lognormal, so the most active fifth has >10x the rows of the least
-    item i:      q_i ~ N(0, I_dim)          causal embedding
-                 b_i ~ N(0, POP_SD^2)       popularity bias
-                 s_i in {0..T-1}            spurious tag, observed as sparse feature ``item_tag``
-                 sgn(s) = +1 for even tags, -1 for odd tags
+    item i:      q_i ~ N(0, I_dim), b_i ~ N(0, POP_SD^2), tag s_i (observed as ``item_tag``)
+                 sgn(s_i) = +1 for even tags, -1 for odd ones     (the exposure side)
+                 r_i = +1 if (s_i // 2) is even, else -1           (social or not: the user side)
+    history X:   a pool of POOL_FACTOR * L_u past items per user, P(h | u) ~ exp(ALPHA p_u.q_h / sqrt(dim)
+                 + LAMBDA_U a_u r_h)  (U -> X); each row sees L_u consecutive pool items from a random offset,
+                 L_u = min(history_len, ceil(history_len * activity_u / median activity)): tail users, short ones
+    mediator M:  P(m | x) = softmax_m(BETA_M c_m.mean_{h in x} q_h / sqrt(dim)), m = 1..MEDIATORS, drawn per
+                 row (uniform for an empty history): a function of X only (no U -> M)
     exposure:    V ~ N(0, 1) per row        the session confounder (unobserved), independent of the user
                  logging policy: P(sgn = +1 | V) = sigmoid(confounding * V), then an item of that sign
                  with P(i | sgn) proportional to exp(pop_tilt * b_i); propensity = P(sgn | V) * P(i | sgn)
                  flipped policy: the same with -confounding; random policy: uniform, propensity 1/items
-    click:       eta = B0 + W_C * p_u.q_i / sqrt(dim) + b_i + W_A * a_u
-                 true_ctr = sigmoid(eta + W_V * V),  label ~ Bernoulli(true_ctr)
+    click:       eta = B0 + W_M c_m.q_i / sqrt(dim) + b_i + W_U a_u r_i
+                 true_ctr = sigmoid(eta + W_V V),  label ~ Bernoulli(true_ctr)
 
-The tag has no effect on clicks; under the logging policy it correlates with clicks only through V, and
-under the flipped policy (split ``test_ood``) that correlation changes sign. The observed confounders
-describe the exposure, not the user: ``conf_session`` (a noisy proxy of V in 8 quantile buckets) and
-``conf_policy`` (0 logging, 1 random, 2 flipped). Each user's history is a fixed list of past positives
-(oldest first) drawn under the logging policy; its length grows with the user's activity.
+X acts on Y only through M, and U confounds X and Y: the front-door setting of CausalD. V confounds
+which items are shown and Y: the exposure setting of CRL. The tag has no effect on clicks; under the
+logging policy its sign correlates with clicks only through V, and under the flipped policy (split
+``test_ood``) that correlation changes sign. The observed confounders describe the exposure, not the
+user: ``conf_session`` (a noisy proxy of V in 8 quantile buckets) and ``conf_policy`` (0 logging, 1
+random, 2 flipped).
 
-Exact truths per row, by Gauss-Hermite quadrature over V (``TRUTH_NODES`` nodes):
+Splits: train, valid, test_id under the logging policy (train also has a ``random_fraction`` uniform
+slice), test_ood under the flipped policy, and ``test_do``: X set by intervention. There each row's U
+is drawn afresh from the population (a random user's a, by activity), independent of the user id and
+the history, so P(Y | u, x, i) on test_do is exactly the front-door target ``p_fd``.
 
-    p_do   = E_V[sigmoid(eta + W_V V)]                     P(Y | u, do(i)): what a deconfounded model can learn
-    p_obs  = E[sigmoid(eta + W_V V) | sgn(s_i) shown by the logging policy]    the logs' Bayes predictor
-           = int sigmoid(eta + W_V v) e(v) phi(v) dv / int e(v) phi(v) dv,  e(v) = sigmoid(sgn * confounding * v)
+Exact truths per row (Gauss-Hermite quadrature over V with ``TRUTH_NODES`` nodes, an exact sum over the
+mediators and, for p_fd, over the users)::
 
-``p_obs`` uses the logging policy on every split (on test_ood too: it is what a perfect fit of the logs
-predicts there), so AUC(p_obs) and AUC(p_do) on test_ood are the observational and interventional
-ceilings. ``true_ctr`` also knows the row's V: an oracle, no model's target.
+    p_obs = sum_m P(m|x) E[sigmoid(eta + W_V V) | sgn(s_i) shown by logging]   the logs' Bayes predictor
+    p_do  = sum_m P(m|x) E_V[sigmoid(eta + W_V V)]            P(Y | u, x, do(i)): CRL's target
+    p_fd  = sum_m P(m|x) sum_u' P(u') E[sigmoid(eta(a_u') + W_V V) | sgn(s_i) shown]   P(Y | do(x), i):
+            CausalD's front-door target; U averaged over the population, the exposure as logged
+
+``p_obs`` and ``p_fd`` use the logging policy on every split (what a perfect fit of the logs predicts),
+so AUC(p_obs) and AUC(p_do) on test_ood are the observational and interventional ceilings, and p_fd is
+the Bayes predictor on test_do. ``true_ctr`` also knows the row's V and M: an oracle, no model's target.
 
 Every random draw of row k comes from a counter-based generator keyed by (seed, stream, k), so the data
 depend on the seed only: ``chunk_rows`` and ``rows_per_file`` change memory use and file layout, not rows.
@@ -57,6 +70,7 @@ from distrec.data.schema import (
     ITEM,
     LABEL,
     P_DO,
+    P_FD,
     P_OBS,
     POLICY,
     PROPENSITY,
@@ -70,16 +84,21 @@ from distrec.data.schema import (
 from distrec.errors import ConfigError
 from distrec.io import atomic_dir
 
-B0 = -1.6  # click intercept
-W_C = 1.5  # weight of the causal preference p_u.q_i / sqrt(dim)
-W_A = 0.5  # weight of the stable user trait a_u
-W_V = 1.0  # weight of the session confounder V
+SCM_VERSION = 3  # bumped whenever the SCM's equations change: cached datasets are keyed by it
+B0 = -1.4  # click intercept
+W_M = 2.0  # weight of the mediated preference c_m.q_i / sqrt(dim): X -> M -> Y
+W_U = 0.8  # weight of the user confounder's taste for social items, a_u * r_i: U -> Y
+W_V = 1.0  # weight of the session confounder V: V -> Y
+LAMBDA_U = 1.0  # how strongly a_u steers the history towards social items: U -> X
+ALPHA = 1.0  # how strongly the taste p_u steers the history
+BETA_M = 6  # how sharply the history's mean item picks the mediator
+MEDIATORS = 16
 ACTIVITY_TRAIT = 0.3  # how much a_u raises a user's activity
 POP_SD = 0.5  # standard deviation of the item popularity bias b_i
-HISTORY_DRAWS = 6  # exposures simulated per history slot; users with few clicks get shorter histories
+POOL_FACTOR = 2  # a user's history pool holds this many windows' worth of items
 SESSION_BUCKETS = 8
 TRUTH_NODES = 48
-EVAL_FRACTION = 0.1  # share of rows in each of valid, test_id and test_ood
+EVAL_FRACTION = 0.075  # share of rows in each of valid, test_id, test_ood and test_do
 START_DAY = dt.date(2026, 1, 1)
 
 TAG = "item_tag"
@@ -99,11 +118,10 @@ class _Stream(IntEnum):
     CLICK = 6
     PROXY_A = 7
     PROXY_B = 8
-    HIST_EPS_A = 9
-    HIST_EPS_B = 10
-    HIST_SIGN = 11
-    HIST_ITEM = 12
-    HIST_CLICK = 13
+    POOL = 9
+    WINDOW = 10
+    MEDIATOR = 11
+    FRESH_USER = 12
 
 
 def _splitmix(z: np.ndarray) -> np.ndarray:
@@ -133,21 +151,45 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = np.exp(x - x.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def _draw(cdf: np.ndarray, u: np.ndarray, row: np.ndarray | None = None) -> np.ndarray:
+    """Index drawn by each uniform ``u[k]`` from the cumulative distribution ``cdf[row[k]]`` (``cdf`` is
+    [rows, n]; ``row`` defaults to k), by one search over the rows' cdfs laid end to end."""
+    row = np.arange(len(u)) if row is None else row
+    offset = np.arange(len(cdf))[:, None]
+    flat = np.searchsorted((cdf + offset).ravel(), u + row, side="right") - row * cdf.shape[1]
+    return np.clip(flat, 0, cdf.shape[1] - 1)
+
+
 @dataclass(frozen=True)
 class _World:
-    """Latent variables of users and items, and the policy's per-sign item distributions."""
+    """Latent variables of users, items and mediators, and the policy's per-sign item distributions."""
 
     pref: np.ndarray  # (users, dim) p_u
-    trait: np.ndarray  # (users,) a_u
+    trait: np.ndarray  # (users,) a_u = U
     user_cdf: np.ndarray  # (users,) cumulative P(u), proportional to the activity w_u
     emb: np.ndarray  # (items, dim) q_i
     bias: np.ndarray  # (items,) b_i
     tag: np.ndarray  # (items,) s_i
     positive: np.ndarray  # (items,) sgn(s_i) == +1
+    social: np.ndarray  # (items,) r_i in {-1, +1}
+    centroids: np.ndarray  # (MEDIATORS, dim) c_m
     groups: tuple[np.ndarray, np.ndarray]  # items of sign -1 and of sign +1
     cdfs: tuple[np.ndarray, np.ndarray]  # cumulative P(i | sgn) over each group
     p_in_group: np.ndarray  # (items,) P(i | sgn(s_i))
     confounding: float
+
+    @property
+    def dim(self) -> int:
+        return self.pref.shape[1]
+
+    @property
+    def activity(self) -> np.ndarray:
+        return np.diff(np.concatenate([[0.0], self.user_cdf]))
 
     def users(self, u: np.ndarray) -> np.ndarray:
         """Users drawn in proportion to their activity, from uniforms ``u``."""
@@ -167,25 +209,41 @@ class _World:
         propensity = np.where(plus, p_plus, 1.0 - p_plus) * self.p_in_group[items]
         return items, propensity
 
-    def logit(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """eta: the click logit without the session confounder."""
-        affinity = np.einsum("nd,nd->n", self.pref[users], self.emb[items]) / math.sqrt(self.pref.shape[1])
-        return B0 + W_C * affinity + self.bias[items] + W_A * self.trait[users]
+    def mediated(self, items: np.ndarray) -> np.ndarray:
+        """B0 + W_M c_m.q_i / sqrt(dim) + b_i for every mediator: [len(items), MEDIATORS]."""
+        return B0 + W_M * (self.emb[items] @ self.centroids.T) / math.sqrt(self.dim) + self.bias[items, None]
 
-    def ctr(self, users: np.ndarray, items: np.ndarray, session: np.ndarray) -> np.ndarray:
-        return _sigmoid(self.logit(users, items) + W_V * session)
+    def mediator_probs(self, mean_history: np.ndarray, has_history: np.ndarray) -> np.ndarray:
+        """P(m | x) from the mean item embedding of each row's history: [rows, MEDIATORS]."""
+        logits = BETA_M * (mean_history @ self.centroids.T) / math.sqrt(self.dim)
+        return _softmax(np.where(has_history[:, None], logits, 0.0))
 
-    def truths(self, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(p_obs, p_do) of each row (see the module docstring), by Gauss-Hermite quadrature over V."""
-        nodes, weights = np.polynomial.hermite_e.hermegauss(TRUTH_NODES)  # for the weight exp(-v^2 / 2)
-        weights = weights / weights.sum()
-        eta = self.logit(users, items)[:, None]
-        click = _sigmoid(eta + W_V * nodes[None, :])  # [rows, nodes]
-        sign = np.where(self.positive[items], 1.0, -1.0)[:, None]
-        exposure = _sigmoid(sign * self.confounding * nodes[None, :])  # P(sign | v) under logging
-        p_do = click @ weights
-        p_obs = (click * exposure) @ weights / (exposure @ weights)
-        return p_obs, p_do
+
+def _quadrature(confounding: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nodes v of V ~ N(0, 1), their prior weights, and their posterior weights given the shown sign under
+    the logging policy ([2, nodes]: row 0 for sgn -1, row 1 for sgn +1)."""
+    nodes, weights = np.polynomial.hermite_e.hermegauss(TRUTH_NODES)  # for the weight exp(-v^2 / 2)
+    prior = weights / weights.sum()
+    exposure = np.stack([_sigmoid(-confounding * nodes), _sigmoid(confounding * nodes)])
+    posterior = exposure * prior
+    return nodes, prior, posterior / posterior.sum(axis=1, keepdims=True)
+
+
+def _front_door_table(world: _World, block_items: int = 16) -> np.ndarray:
+    """F[i, m] = sum_u' P(u') E[sigmoid(B0 + W_M c_m.q_i + b_i + W_U a_u' r_i + W_V V) | sgn(s_i) shown]:
+    P(Y | do(m), i), the inner sums of p_fd, exact over the users and the mediators."""
+    nodes, _, posterior = _quadrature(world.confounding)
+    items = len(world.bias)
+    table = np.empty((items, MEDIATORS))
+    weight = world.activity
+    for lo in range(0, items, block_items):
+        i = np.arange(lo, min(items, lo + block_items))
+        base = world.mediated(i)  # [I, M]
+        user_term = W_U * world.social[i, None] * world.trait[None, :]  # [I, U]
+        z = base[:, :, None, None] + user_term[:, None, :, None] + W_V * nodes[None, None, None, :]
+        post = posterior[world.positive[i].astype(np.int64)]  # [I, nodes]
+        table[i] = np.einsum("imun,u,in->im", _sigmoid(z), weight, post)
+    return table
 
 
 def _world(
@@ -200,6 +258,8 @@ def _world(
     bias = POP_SD * rng.standard_normal(items)
     tag = rng.permutation(np.arange(items) % num_tags)
     positive = tag % 2 == 0
+    social = np.where((tag // 2) % 2 == 0, 1.0, -1.0)
+    centroids = rng.standard_normal((MEDIATORS, dim))
     weight = np.exp(pop_tilt * bias)
     groups = (np.flatnonzero(~positive), np.flatnonzero(positive))
     cdfs = (
@@ -207,33 +267,37 @@ def _world(
         np.cumsum(weight[groups[1]]) / weight[groups[1]].sum(),
     )
     p_in_group = weight / np.where(positive, weight[groups[1]].sum(), weight[groups[0]].sum())
-    return _World(pref, trait, user_cdf, emb, bias, tag, positive, groups, cdfs, p_in_group, confounding)
+    return _World(
+        pref, trait, user_cdf, emb, bias, tag, positive, social, centroids, groups, cdfs, p_in_group, confounding
+    )
 
 
-def _histories(world: _World, rng: _Counter, history_len: int, block_users: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-user past positives under the logging policy: (flat item ids, per-user lengths).
+@dataclass(frozen=True)
+class _Histories:
+    """Every user's history pool (U -> X) and the window length each of the user's rows sees."""
 
-    A user's history is capped at ``history_len`` times the user's activity relative to the median user.
-    """
-    weight = np.diff(np.concatenate([[0.0], world.user_cdf]))
-    activity_share = np.clip(weight / np.median(weight), 0.0, 1.0)
-    users = len(world.trait)
-    draws = HISTORY_DRAWS * history_len
-    flat: list[np.ndarray] = []
-    lengths = np.zeros(users, dtype=np.int64)
-    for lo in range(0, users, block_users):
-        hi = min(users, lo + block_users)
-        user = np.repeat(np.arange(lo, hi), draws)
-        k = np.arange(lo * draws, hi * draws)
-        session = rng.normal(_Stream.HIST_EPS_A, _Stream.HIST_EPS_B, k)
-        item, _ = world.expose(session, False, rng.uniform(_Stream.HIST_SIGN, k), rng.uniform(_Stream.HIST_ITEM, k))
-        click = (rng.uniform(_Stream.HIST_CLICK, k) < world.ctr(user, item, session)).reshape(hi - lo, draws)
-        # a user's history holds at most as many positives as the user is active (tail users: short ones)
-        cap = np.minimum(history_len, np.ceil(history_len * activity_share[lo:hi])).astype(np.int64)
-        keep = click & (np.cumsum(click, axis=1) <= cap[:, None])
-        lengths[lo:hi] = keep.sum(axis=1)
-        flat.append(item.reshape(hi - lo, draws)[keep])
-    return np.concatenate(flat), lengths
+    flat: np.ndarray  # the pools, concatenated
+    starts: np.ndarray  # (users,) where each user's pool starts in ``flat``
+    window: np.ndarray  # (users,) L_u; the pool holds POOL_FACTOR * L_u items
+    emb_sums: np.ndarray  # (len(flat) + 1, dim) prefix sums of the pool items' q, for window means
+
+
+def _histories(world: _World, rng: _Counter, history_len: int, block_users: int) -> _Histories:
+    activity = world.activity
+    window = np.minimum(history_len, np.ceil(history_len * activity / np.median(activity))).astype(np.int64)
+    pool = POOL_FACTOR * window
+    starts = np.cumsum(pool) - pool
+    flat = np.empty(int(pool.sum()), dtype=np.int64)
+    for lo in range(0, len(window), block_users):
+        user = np.arange(lo, min(len(window), lo + block_users))
+        logits = ALPHA * (world.pref[user] @ world.emb.T) / math.sqrt(world.dim)
+        logits += LAMBDA_U * world.trait[user, None] * world.social[None, :]
+        cdf = np.cumsum(_softmax(logits), axis=1)
+        owner = np.repeat(np.arange(len(user)), pool[user])
+        slots = np.arange(starts[user[0]], starts[user[-1]] + pool[user[-1]])
+        flat[slots] = _draw(cdf, rng.uniform(_Stream.POOL, slots), owner)
+    emb_sums = np.concatenate([np.zeros((1, world.dim)), np.cumsum(world.emb[flat], axis=0)])
+    return _Histories(flat, starts, window, emb_sums)
 
 
 @dataclass(frozen=True)
@@ -244,6 +308,7 @@ class _Partition:
     offset: int  # global index of the first row
     flip: bool
     random_fraction: float
+    fresh_confounder: bool = False  # test_do: each row's U is drawn afresh from the population
 
     @property
     def ds(self) -> str:
@@ -253,15 +318,35 @@ class _Partition:
 def _plan(rows: int, days: int, random_fraction: float) -> list[_Partition]:
     n_eval = int(rows * EVAL_FRACTION)
     train_days = days - 2
-    n_train = rows - 3 * n_eval
+    n_train = rows - 4 * n_eval
     sizes = [n_train // train_days + (d < n_train % train_days) for d in range(train_days)]
-    specs = [("train", d, n, False, random_fraction) for d, n in enumerate(sizes)]
-    specs += [("valid", days - 2, n_eval, False, 0.0), ("test_id", days - 1, n_eval, False, 0.0)]
-    specs += [("test_ood", days - 1, n_eval, True, 0.0)]
+    specs = [("train", d, n, False, random_fraction, False) for d, n in enumerate(sizes)]
+    specs += [("valid", days - 2, n_eval, False, 0.0, False), ("test_id", days - 1, n_eval, False, 0.0, False)]
+    specs += [("test_ood", days - 1, n_eval, True, 0.0, False), ("test_do", days - 1, n_eval, False, 0.0, True)]
     if min(s[2] for s in specs) == 0:
         raise ConfigError(f"synthesize: rows={rows} is too few for {days} days; every partition needs a row")
     offsets = np.cumsum([0] + [s[2] for s in specs])
-    return [_Partition(s, d, n, int(o), f, r) for (s, d, n, f, r), o in zip(specs, offsets[:-1], strict=True)]
+    return [_Partition(s, d, n, int(o), f, r, c) for (s, d, n, f, r, c), o in zip(specs, offsets[:-1], strict=True)]
+
+
+TRUTH_BLOCK = 8_192  # rows per block of the [rows, mediators, nodes] quadrature
+
+
+def _truths(
+    world: _World, items: np.ndarray, trait: np.ndarray, probs: np.ndarray, front_door: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(p_obs, p_do, p_fd) of each row: see the module docstring. ``trait`` is the user's a_u, ``probs``
+    the rows' P(m | x), ``front_door`` the table of ``_front_door_table``."""
+    nodes, prior, posterior = _quadrature(world.confounding)
+    p_obs, p_do = np.empty(len(items)), np.empty(len(items))
+    for lo in range(0, len(items), TRUTH_BLOCK):
+        i, hi = items[lo : lo + TRUTH_BLOCK], lo + len(items[lo : lo + TRUTH_BLOCK])
+        eta = world.mediated(i) + (W_U * world.social[i] * trait[lo:hi])[:, None]  # [B, M]
+        click = np.einsum("bmn,bm->bn", _sigmoid(eta[:, :, None] + W_V * nodes), probs[lo:hi])  # [B, nodes]
+        p_do[lo:hi] = click @ prior
+        p_obs[lo:hi] = np.einsum("bn,bn->b", click, posterior[world.positive[i].astype(np.int64)])
+    p_fd = np.einsum("bm,bm->b", probs, front_door[items])
+    return p_obs, p_do, p_fd
 
 
 def _chunk(
@@ -270,7 +355,8 @@ def _chunk(
     part: _Partition,
     lo: int,
     hi: int,
-    history: tuple[np.ndarray, np.ndarray, np.ndarray],
+    history: _Histories,
+    front_door: np.ndarray,
     session_edges: np.ndarray,
     session_noise: float,
     schema: pa.Schema,
@@ -280,19 +366,29 @@ def _chunk(
     local = np.arange(lo, hi)
     k = part.offset + local
     user = world.users(rng.uniform(_Stream.USER, k))
+    # the row's history: L_u consecutive items of the user's pool, from a random offset
+    length = history.window[user]
+    start = history.starts[user] + np.floor(rng.uniform(_Stream.WINDOW, k) * (POOL_FACTOR - 1) * length + 0.5)
+    start = start.astype(np.int64)
+    mean = (history.emb_sums[start + length] - history.emb_sums[start]) / np.maximum(length, 1)[:, None]
+    probs = world.mediator_probs(mean, length > 0)
+    mediator = _draw(np.cumsum(probs, axis=1), rng.uniform(_Stream.MEDIATOR, k))
     session = rng.normal(_Stream.EPS_A, _Stream.EPS_B, k)
     u_item = rng.uniform(_Stream.ITEM, k)
     item, propensity = world.expose(session, part.flip, rng.uniform(_Stream.SIGN, k), u_item)
     is_random = rng.uniform(_Stream.RANDOM, k) < part.random_fraction
     item[is_random] = np.minimum((u_item[is_random] * n_items).astype(np.int64), n_items - 1)
     propensity[is_random] = 1.0 / n_items
-    ctr = world.ctr(user, item, session)
-    p_obs, p_do = world.truths(user, item)
+    # test_do: the click follows a U drawn afresh, independent of the user id and of the history
+    trait = world.trait[world.users(rng.uniform(_Stream.FRESH_USER, k))] if part.fresh_confounder else None
+    eta = world.mediated(item)[np.arange(len(item)), mediator]
+    eta = eta + W_U * world.social[item] * (world.trait[user] if trait is None else trait)
+    ctr = _sigmoid(eta + W_V * session)
+    p_obs, p_do, p_fd = _truths(world, item, world.trait[user], probs, front_door)
     label = rng.uniform(_Stream.CLICK, k) < ctr
     policy = np.where(is_random, RANDOM, FLIPPED if part.flip else LOGGING)
     proxy = session + session_noise * rng.normal(_Stream.PROXY_A, _Stream.PROXY_B, k)
     day_start = int(dt.datetime.combine(START_DAY, dt.time(), dt.UTC).timestamp()) + part.day * 86_400
-    flat, starts, lengths = history
     columns = {
         USER: user,
         ITEM: item,
@@ -301,13 +397,14 @@ def _chunk(
         POLICY: policy,
         PROPENSITY: propensity.astype(np.float32),
         IS_RANDOM: is_random,
-        HISTORY: gather_lists(flat, starts[user], lengths[user]),
+        HISTORY: gather_lists(history.flat, start, length),
         TAG: world.tag[item].astype(np.int64),
         CONF_SESSION: np.searchsorted(session_edges, proxy).astype(np.int64),
         CONF_POLICY: np.where(is_random, POLICY_CODE[RANDOM], POLICY_CODE[FLIPPED if part.flip else LOGGING]),
         TRUE_CTR: ctr.astype(np.float32),
         P_OBS: p_obs.astype(np.float32),
         P_DO: p_do.astype(np.float32),
+        P_FD: p_fd.astype(np.float32),
     }
     return pa.table(columns, schema=schema)
 
@@ -315,22 +412,25 @@ def _chunk(
 def _write_truth(root: Path, world: _World) -> None:
     """Ground-truth latents beside the data, for evaluating causal estimates against the SCM."""
     (root / "scm").mkdir()
-    dim = world.pref.shape[1]
+    dim = world.dim
     users = {
         USER: np.arange(len(world.trait)),
         "a": world.trait,
-        "activity": np.diff(np.concatenate([[0.0], world.user_cdf])),
+        "activity": world.activity,
         "p": pa.FixedSizeListArray.from_arrays(world.pref.ravel(), dim),
     }
     items = {
         ITEM: np.arange(len(world.bias)),
         TAG: world.tag.astype(np.int64),
         "sign": np.where(world.positive, 1, -1),
+        "social": world.social.astype(np.int64),
         "b": world.bias,
         "q": pa.FixedSizeListArray.from_arrays(world.emb.ravel(), dim),
     }
+    mediators = {"c": pa.FixedSizeListArray.from_arrays(world.centroids.ravel(), dim)}
     pq.write_table(pa.table(users), root / "scm" / "users.parquet")
     pq.write_table(pa.table(items), root / "scm" / "items.parquet")
+    pq.write_table(pa.table(mediators), root / "scm" / "mediators.parquet")
 
 
 def synthesize(
@@ -357,14 +457,15 @@ def synthesize(
     """Write ``rows`` synthetic exposures (all splits together) as a dataset directory at ``out``.
 
     Splits: train = days 1..days-2 (logging policy plus a ``random_fraction`` uniform slice), valid = day
-    days-1, test_id = last day under the logging policy, test_ood = last day under the flipped policy;
-    valid, test_id and test_ood hold ~10% of ``rows`` each. Memory is bounded by ``chunk_rows`` (plus
-    users x history_len for the histories); a partition's file rolls over after ``rows_per_file`` rows
-    rounded up to whole chunks.
+    days-1, test_id = last day under the logging policy, test_ood = last day under the flipped policy,
+    test_do = last day with X set by intervention (the module docstring); valid and the three test splits
+    hold 7.5% of ``rows`` each. Memory is bounded by ``chunk_rows`` (plus users x history_len for the
+    history pools); a partition's file rolls over after ``rows_per_file`` rows rounded up to whole chunks.
     """
-    if days < 3 or users < 1 or items < 2 or dim < 1 or num_tags < 2 or history_len < 0 or seed < 0:
+    if days < 3 or users < 1 or items < 2 or dim < 1 or num_tags < 4 or history_len < 0 or seed < 0:
         raise ConfigError(
-            "synthesize: need days >= 3, users >= 1, items >= 2, dim >= 1, num_tags >= 2, history_len >= 0, seed >= 0"
+            "synthesize: need days >= 3, users >= 1, items >= 2, dim >= 1, num_tags >= 4 (both exposure signs and "
+            "both social signs), history_len >= 0, seed >= 0"
         )
     if not (0.0 <= random_fraction <= 1.0 and activity >= 0.0 and chunk_rows >= 1 and rows_per_file >= 1):
         raise ConfigError("synthesize: need 0 <= random_fraction <= 1, activity >= 0, chunk_rows, rows_per_file >= 1")
@@ -373,8 +474,8 @@ def synthesize(
     plan = _plan(rows, days, random_fraction)
     world = _world(users, items, dim, num_tags, pop_tilt, activity, confounding, seed)
     rng = _Counter(seed)
-    flat, lengths = _histories(world, rng, history_len, max(1, chunk_rows // max(1, HISTORY_DRAWS * history_len)))
-    history = (flat, np.cumsum(lengths) - lengths, lengths)
+    history = _histories(world, rng, history_len, max(1, 1_000_000 // items))
+    front_door = _front_door_table(world)
     proxy_sd = math.sqrt(1.0 + session_noise**2)  # V is N(0, 1); the proxy adds independent noise
     edges = np.array([proxy_sd * NormalDist().inv_cdf(q / SESSION_BUCKETS) for q in range(1, SESSION_BUCKETS)])
 
@@ -390,6 +491,7 @@ def synthesize(
         has_true_ctr=True,
         source={
             "generator": "distrec.data.synth",
+            "scm_version": SCM_VERSION,
             "seed": seed,
             "rows": rows,
             "scm": {
@@ -398,7 +500,11 @@ def synthesize(
                 "dim": dim,
                 "days": days,
                 "history_len": history_len,
-                "history_draws": HISTORY_DRAWS,
+                "pool_factor": POOL_FACTOR,
+                "mediators": MEDIATORS,
+                "beta_m": BETA_M,
+                "alpha": ALPHA,
+                "lambda_u": LAMBDA_U,
                 "random_fraction": random_fraction,
                 "confounding": confounding,
                 "activity": activity,
@@ -408,8 +514,8 @@ def synthesize(
                 "pop_sd": POP_SD,
                 "session_noise": session_noise,
                 "b0": B0,
-                "w_c": W_C,
-                "w_a": W_A,
+                "w_m": W_M,
+                "w_u": W_U,
                 "w_v": W_V,
                 "policies": POLICY_CODE,
                 "start_day": START_DAY.isoformat(),
@@ -428,7 +534,8 @@ def synthesize(
                 with pq.ParquetWriter(directory / f"part-{f:05d}.parquet", schema) as writer:
                     for lo in range(start, min(part.rows, start + per_file), chunk_rows):
                         hi = min(part.rows, lo + chunk_rows)
-                        writer.write_table(_chunk(world, rng, part, lo, hi, history, edges, session_noise, schema))
+                        table = _chunk(world, rng, part, lo, hi, history, front_door, edges, session_noise, schema)
+                        writer.write_table(table)
         _write_truth(tmp, world)
         manifest.write(tmp)
     return manifest

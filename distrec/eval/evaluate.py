@@ -12,20 +12,23 @@ import ray
 import torch
 
 from distrec.data.batch import BatchBuilder
-from distrec.data.schema import LABEL, P_DO, TRUTHS, USER, Manifest
+from distrec.data.schema import LABEL, MANIFEST, P_DO, P_FD, TRUTHS, USER, Manifest
+from distrec.errors import DataError
 from distrec.eval.groups import GROUP_NAMES, group_counts_from_parquet, groups_from_counts
 from distrec.eval.metrics import evaluate
 from distrec.train.export import load_export
 
-EVAL_SPLITS = ("test_id", "test_ood")
+EVAL_SPLITS = ("test_id", "test_ood", "test_do")
+# the interventional truths a model's errors are measured against: metric-name prefix -> column
+CAUSAL_TRUTHS = {"causal": P_DO, "fd": P_FD}
 
 
 def score_files(
     model: torch.nn.Module, builder: BatchBuilder, files: list[Path], batch_size: int
 ) -> dict[str, np.ndarray]:
     """Predicted probabilities with the users and labels (and, on synthetic data, the interventional
-    truth ``p_do``) of every row of ``files``."""
-    truth = [P_DO] if builder.manifest.has_true_ctr else []
+    truths ``p_do`` and ``p_fd``) of every row of ``files``."""
+    truth = list(CAUSAL_TRUTHS.values()) if builder.manifest.has_true_ctr else []
     out: dict[str, list[np.ndarray]] = {"users": [], "labels": [], "probs": [], **{t: [] for t in truth}}
     columns = sorted(set(builder.columns) | {USER, LABEL, *truth})
     with torch.no_grad():
@@ -41,17 +44,20 @@ def score_files(
     return {k: np.concatenate(v) if v else np.zeros(0, empty[k]) for k, v in out.items()}
 
 
-def causal_error(users: np.ndarray, probs: np.ndarray, truth: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
-    """RMSE and cross-entropy of predictions against the interventional truth P(Y | u, do(i)), overall
-    and per activity group: how far a model is from what a deconfounded model would predict."""
+def causal_error(
+    users: np.ndarray, probs: np.ndarray, truth: np.ndarray, groups: np.ndarray, prefix: str = "causal"
+) -> dict[str, Any]:
+    """RMSE and cross-entropy of predictions against an interventional truth (``p_do``: P(Y | u, do(i)),
+    or ``p_fd``: P(Y | do(x), i)), overall and per activity group: how far a model is from what a
+    deconfounded model would predict. Keys ``<prefix>_rmse`` and ``<prefix>_logloss``."""
 
     def errors(rows: np.ndarray) -> dict[str, float]:
         p, t = np.clip(probs[rows].astype(np.float64), 1e-7, 1 - 1e-7), truth[rows].astype(np.float64)
         if not rows.any():
-            return {"causal_rmse": float("nan"), "causal_logloss": float("nan")}
+            return {f"{prefix}_rmse": float("nan"), f"{prefix}_logloss": float("nan")}
         return {
-            "causal_rmse": float(np.sqrt(np.mean((p - t) ** 2))),
-            "causal_logloss": float(-np.mean(t * np.log(p) + (1 - t) * np.log1p(-p))),
+            f"{prefix}_rmse": float(np.sqrt(np.mean((p - t) ** 2))),
+            f"{prefix}_logloss": float(-np.mean(t * np.log(p) + (1 - t) * np.log1p(-p))),
         }
 
     out: dict[str, Any] = errors(np.ones(len(users), dtype=bool))
@@ -60,19 +66,23 @@ def causal_error(users: np.ndarray, probs: np.ndarray, truth: np.ndarray, groups
 
 
 def with_causal_error(metrics: dict[str, Any], scored: dict[str, np.ndarray], groups: np.ndarray) -> dict[str, Any]:
-    """``metrics`` (of ``evaluate``) with the causal errors merged in, overall and per group."""
-    if P_DO not in scored:
-        return metrics
-    error = causal_error(scored["users"], scored["probs"], scored[P_DO], groups)
-    for name, values in error.pop("groups").items():
-        metrics.get("groups", {}).get(name, {}).update(values)
-    return {**metrics, **error}
+    """``metrics`` (of ``evaluate``) with the errors against every truth in ``scored`` merged in, overall
+    and per group."""
+    for prefix, column in CAUSAL_TRUTHS.items():
+        if column not in scored:
+            continue
+        error = causal_error(scored["users"], scored["probs"], scored[column], groups, prefix)
+        for name, values in error.pop("groups").items():
+            metrics.get("groups", {}).get(name, {}).update(values)
+        metrics = {**metrics, **error}
+    return metrics
 
 
 def ceilings(root: str | Path, groups: np.ndarray, k: int) -> dict[str, dict[str, Any]]:
     """On synthetic data, the metrics of the stored truths themselves, per test split: the ceilings
     every model's AUC is read against (``p_obs``: a perfect fit of the logs; ``p_do``: a perfectly
-    deconfounded model; ``true_ctr``: an oracle that also sees the session confounder)."""
+    deconfounded model, P(Y | u, do(i)); ``p_fd``: the front-door target P(Y | do(x), i), the Bayes
+    predictor on test_do; ``true_ctr``: an oracle that also sees the session confounder)."""
     manifest = Manifest.read(root)
     if not manifest.has_true_ctr:
         return {}
@@ -94,14 +104,26 @@ def activity_groups_of(manifest: Manifest, root: str | Path) -> np.ndarray:
 
 
 def evaluate_export(
-    directory: str | Path, root: str | Path, groups: np.ndarray, k: int, batch_size: int
+    directory: str | Path,
+    root: str | Path,
+    groups: np.ndarray,
+    k: int,
+    batch_size: int,
+    splits: tuple[str, ...] = EVAL_SPLITS,
 ) -> dict[str, Any]:
-    """``{split: metrics with per-group metrics}`` for one exported model."""
+    """``{split: metrics with per-group metrics}`` for one exported model on the dataset at ``root``
+    (any dataset with the model's columns: its ids, read into the model's tables)."""
     torch.set_num_threads(1)
-    model, _, manifest = load_export(directory)  # the model's manifest: its table sizes
-    builder = BatchBuilder(manifest)
+    model, _, trained_on = load_export(directory)
+    manifest = Manifest.read(root)
+    if manifest.schema() != trained_on.schema():
+        raise DataError(
+            f"{Path(root) / MANIFEST}: its columns {manifest.schema().names} are not those the model "
+            f"{directory} was trained on {trained_on.schema().names}"
+        )
+    builder = BatchBuilder(manifest.with_table_rows(trained_on.table_rows))
     out: dict[str, Any] = {}
-    for split in EVAL_SPLITS:
+    for split in splits:
         if split not in manifest.splits:
             continue
         scored = score_files(model, builder, manifest.files(root, split), batch_size)
@@ -128,8 +150,9 @@ def _evaluate_peer(name: str, root: str, groups: np.ndarray, k: int, seed: int) 
             probs = predict(model, users, items)
             scored = {"users": users, "probs": probs}
             if manifest.has_true_ctr:
-                truth = pa.concat_tables(pq.read_table(f, columns=[P_DO]) for f in manifest.files(root, split))
-                scored[P_DO] = truth.column(P_DO).to_numpy()
+                columns = list(CAUSAL_TRUTHS.values())
+                truth = pa.concat_tables(pq.read_table(f, columns=columns) for f in manifest.files(root, split))
+                scored.update({c: truth.column(c).to_numpy() for c in columns})
             out[split] = with_causal_error(evaluate(users, labels, probs, groups=groups, k=k), scored, groups)
     return out, chosen
 
