@@ -6,6 +6,8 @@ typo in a YAML file or an override fails before any work starts.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,14 +183,91 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def check(config: Config) -> None:
-    """Every check the types alone cannot express, over the whole config: ConfigError."""
-    check_causal(config.distill, config.crl)
-    check_train(config.train)
-    if config.crl.beta > 0 and config.crl.critic_lr <= config.train.dense_lr:
-        raise ConfigError(
-            f"invalid configuration: crl.critic_lr={config.crl.critic_lr} must exceed train.dense_lr="
-            f"{config.train.dense_lr}: a critic that learns no faster than the representation cannot track it"
+    """Every check the types alone cannot express, over the whole config in one pass: one ConfigError
+    that lists every problem, so a config is fixed in one round (as torchtune's recipes validate)."""
+    errors = Errors()
+    check_root(config, errors)
+    for i, teacher in enumerate(config.teachers):
+        check_model(f"teachers[{i}]", teacher, errors)
+    check_model("student", config.student, errors)
+    check_train(config.train, errors)
+    check_causal(config.distill, config.crl, errors)
+    if config.crl.beta > 0 and not config.crl.critic_lr > config.train.dense_lr:
+        errors.add(
+            f"crl.critic_lr={config.crl.critic_lr} must exceed train.dense_lr={config.train.dense_lr}: "
+            "a critic that learns no faster than the representation cannot track it"
         )
+    check_data(config.data, errors)
+    check_eval(config.eval, config.tune, config.ray, errors)
+    errors.raise_if_any()
+
+
+class Errors:
+    """The problems found so far, with the checks that find them; every failed check is kept."""
+
+    def __init__(self) -> None:
+        self.found: list[str] = []
+
+    def add(self, message: str) -> None:
+        self.found.append(message)
+
+    def choice(self, key: str, value: object, allowed: Sequence[object], where: str = "") -> None:
+        if value not in allowed:
+            self.add(f"{key} must be one of {list(allowed)}{where}, got {value!r}")
+
+    def at_least(self, key: str, value: float, low: float, strict: bool = False) -> None:
+        """``value >= low`` (``> low`` if strict) and finite; NaN and infinity fail too."""
+        if not (math.isfinite(value) and (value > low if strict else value >= low)):
+            self.add(f"{key} must be {'>' if strict else '>='} {low:g}, got {value}")
+
+    def within(self, key: str, value: float, low: float, high: float) -> None:
+        if not low <= value <= high:  # also rejects NaN
+            self.add(f"{key} must be in [{low:g}, {high:g}], got {value}")
+
+    def raise_if_any(self) -> None:
+        if self.found:
+            count = f"{len(self.found)} problem{'s' if len(self.found) > 1 else ''}"
+            raise ConfigError(f"invalid configuration ({count}):\n  " + "\n  ".join(self.found))
+
+
+# Names of the models a run trains besides its teachers (and of the peers, distrec.eval.peers.PEERS).
+RESERVED_NAMES = ("student", "base", "kd", "causald", "crl", "causald+crl")
+
+
+def _plain_name(name: str) -> bool:
+    """A name that is one path component: run ids and model names become directories."""
+    return bool(name) and name not in (".", "..") and Path(name).name == name
+
+
+def check_root(config: Config, errors: Errors) -> None:
+    """Top-level keys and the model names a run reserves for itself."""
+    from distrec.eval.peers import PEERS
+
+    if not config.runs_dir:
+        errors.add("runs_dir must not be empty")
+    if config.run_id is not None and not _plain_name(config.run_id):
+        errors.add(f"run_id must be a plain directory name (no '/', not '..'), got {config.run_id!r}")
+    names = [t.name for t in config.teachers]
+    if not names:
+        errors.add("at least one teacher is needed (teachers: [...])")
+    reserved = (*RESERVED_NAMES, *PEERS)
+    if clashes := sorted({n for n in names if names.count(n) > 1 or n in reserved}):
+        errors.add(f"teacher names must be unique and not {list(reserved)}: {clashes}")
+    if config.student.name in names:
+        errors.add(f"student.name {config.student.name!r} is also a teacher's name")
+
+
+def check_model(key: str, model: ModelConfig, errors: Errors) -> None:
+    from distrec.models.architectures import ARCHITECTURES
+
+    if not _plain_name(model.name):
+        errors.add(f"{key}.name must be a plain directory name (no '/', not '..'), got {model.name!r}")
+    errors.choice(f"{key}.arch", model.arch, list(ARCHITECTURES))
+    errors.at_least(f"{key}.dim", model.dim, 1)
+    for j, width in enumerate(model.hidden):
+        errors.at_least(f"{key}.hidden[{j}]", width, 1)
+    for feature, rows in model.table_rows.items():
+        errors.at_least(f"{key}.table_rows.{feature}", rows, 1)
 
 
 SPARSE_OPTIMIZERS = {
@@ -197,33 +276,27 @@ SPARSE_OPTIMIZERS = {
 }
 
 
-def check_train(train: TrainConfig) -> None:
-    """Values the types alone do not rule out, in the ``train`` section: ConfigError."""
+def check_train(train: TrainConfig, errors: Errors) -> None:
+    """The ``train`` section; sharding types are TorchRec's own ``ShardingType`` values."""
     from distrec.train.schedule import LR_SCHEDULES
 
-    errors = []
-    if train.device not in SPARSE_OPTIMIZERS:
-        errors.append(f"train.device must be one of {list(SPARSE_OPTIMIZERS)}, got {train.device!r}")
-    elif train.sparse_optimizer not in SPARSE_OPTIMIZERS[train.device]:
-        errors.append(
-            f"train.sparse_optimizer must be one of {list(SPARSE_OPTIMIZERS[train.device])} on {train.device} "
-            f"(fbgemm's kernels), got {train.sparse_optimizer!r}"
-        )
-    if train.lr_schedule not in LR_SCHEDULES:
-        errors.append(f"train.lr_schedule must be one of {list(LR_SCHEDULES)}, got {train.lr_schedule!r}")
+    errors.choice("train.device", train.device, list(SPARSE_OPTIMIZERS))
+    if train.device in SPARSE_OPTIMIZERS:
+        where = f" on {train.device} (fbgemm's kernels)"
+        errors.choice("train.sparse_optimizer", train.sparse_optimizer, SPARSE_OPTIMIZERS[train.device], where)
+    errors.choice("train.lr_schedule", train.lr_schedule, LR_SCHEDULES)
+    if train.sharding_types:  # which of them a device supports is checked where the device is known
+        from torchrec.distributed.types import ShardingType
+
+        for name in train.sharding_types:
+            errors.choice("train.sharding_types[]", name, [t.value for t in ShardingType], " (torchrec's ShardingType)")
     for key in ("num_workers", "epochs", "batch_size"):
-        if not getattr(train, key) >= 1:
-            errors.append(f"train.{key} must be >= 1, got {getattr(train, key)}")
-    for key in ("warmup_steps", "patience", "checkpoint_every", "max_failures"):
-        if not getattr(train, key) >= 0:
-            errors.append(f"train.{key} must be >= 0, got {getattr(train, key)}")
+        errors.at_least(f"train.{key}", getattr(train, key), 1)
+    for key in ("warmup_steps", "patience", "checkpoint_every", "max_failures", "gpus_per_worker"):
+        errors.at_least(f"train.{key}", getattr(train, key), 0)
     for key in ("dense_lr", "sparse_lr", "cpus_per_worker"):
-        if not getattr(train, key) > 0:  # also rejects NaN
-            errors.append(f"train.{key} must be > 0, got {getattr(train, key)}")
-    if not 0.0 <= train.min_lr_ratio <= 1.0:
-        errors.append(f"train.min_lr_ratio must be in [0, 1], got {train.min_lr_ratio}")
-    if errors:
-        raise ConfigError("invalid configuration: " + "; ".join(errors))
+        errors.at_least(f"train.{key}", getattr(train, key), 0, strict=True)
+    errors.within("train.min_lr_ratio", train.min_lr_ratio, 0.0, 1.0)
 
 
 DISTILL_LOSSES = ("bce", "kl")
@@ -233,43 +306,55 @@ SOFT_LABEL_MODES = ("precompute", "stream")
 MI_ESTIMATORS = ("nce_club", "club")
 
 
-def check_causal(distill: DistillConfig, crl: CRLConfig) -> None:
-    """Values the types alone do not rule out, in the ``distill`` and ``crl`` sections: ConfigError."""
-    errors = []
-
-    def choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
-        if value not in allowed:
-            errors.append(f"{key} must be one of {list(allowed)}, got {value!r}")
-
-    def at_least(key: str, value: float, low: float, strict: bool = False) -> None:
-        if not (value > low if strict else value >= low):  # also rejects NaN
-            errors.append(f"{key} must be {'>' if strict else '>='} {low:g}, got {value}")
-
-    choice("distill.loss", distill.loss, DISTILL_LOSSES)
-    choice("distill.target", distill.target, DISTILL_TARGETS)
-    choice("distill.schedule", distill.schedule, DISTILL_SCHEDULES)
-    choice("distill.soft_labels", distill.soft_labels, SOFT_LABEL_MODES)
-    at_least("distill.weight", distill.weight, 0.0)
-    at_least("distill.temperature", distill.temperature, 0.0, strict=True)
-    at_least("distill.bank_size", distill.bank_size, 1)
-    at_least("distill.score_batch_size", distill.score_batch_size, 1)
-    at_least("distill.warmup_steps", distill.warmup_steps, 0)
+def check_causal(distill: DistillConfig, crl: CRLConfig, errors: Errors) -> None:
+    """The ``distill`` and ``crl`` sections."""
+    errors.choice("distill.loss", distill.loss, DISTILL_LOSSES)
+    errors.choice("distill.target", distill.target, DISTILL_TARGETS)
+    errors.choice("distill.schedule", distill.schedule, DISTILL_SCHEDULES)
+    errors.choice("distill.soft_labels", distill.soft_labels, SOFT_LABEL_MODES)
+    errors.at_least("distill.weight", distill.weight, 0)
+    errors.at_least("distill.temperature", distill.temperature, 0, strict=True)
+    errors.at_least("distill.bank_size", distill.bank_size, 1)
+    errors.at_least("distill.score_batch_size", distill.score_batch_size, 1)
+    errors.at_least("distill.warmup_steps", distill.warmup_steps, 0)
     if distill.loss == "bce" and distill.temperature != 1.0:
-        errors.append(
-            f"distill.temperature={distill.temperature} needs distill.loss=kl: the bce loss has no temperature"
-        )
+        errors.add(f"distill.temperature={distill.temperature} needs distill.loss=kl: the bce loss has no temperature")
     if distill.schedule == "linear_warmup" and distill.warmup_steps < 1:
-        errors.append("distill.schedule=linear_warmup needs distill.warmup_steps >= 1")
+        errors.add("distill.schedule=linear_warmup needs distill.warmup_steps >= 1")
     if distill.schedule == "constant" and distill.warmup_steps != 0:
-        errors.append(f"distill.warmup_steps={distill.warmup_steps} needs distill.schedule=linear_warmup")
-    choice("crl.estimator", crl.estimator, MI_ESTIMATORS)
-    at_least("crl.beta", crl.beta, 0.0)
-    at_least("crl.critic_hidden", crl.critic_hidden, 1)
-    at_least("crl.critic_lr", crl.critic_lr, 0.0, strict=True)
-    at_least("crl.critic_steps", crl.critic_steps, 1)
-    at_least("crl.warmup_steps", crl.warmup_steps, 0)
-    if errors:
-        raise ConfigError("invalid configuration: " + "; ".join(errors))
+        errors.add(f"distill.warmup_steps={distill.warmup_steps} needs distill.schedule=linear_warmup")
+    errors.choice("crl.estimator", crl.estimator, MI_ESTIMATORS)
+    errors.at_least("crl.beta", crl.beta, 0)
+    errors.at_least("crl.critic_hidden", crl.critic_hidden, 1)
+    errors.at_least("crl.critic_lr", crl.critic_lr, 0, strict=True)
+    errors.at_least("crl.critic_steps", crl.critic_steps, 1)
+    errors.at_least("crl.warmup_steps", crl.warmup_steps, 0)
+
+
+def check_data(data: DataConfig, errors: Errors) -> None:
+    """The ``data`` section; the dataset's files are checked later, before Ray starts (``open_run``)."""
+    if data.path is not None and not data.path:
+        errors.add("data.path must be a dataset directory or null (the synthetic default)")
+    synth = data.synth
+    for key in ("rows", "users", "items", "days"):
+        errors.at_least(f"data.synth.{key}", getattr(synth, key), 1)
+    errors.at_least("data.synth.history_len", synth.history_len, 0)
+    errors.at_least("data.synth.confounding", synth.confounding, 0)
+    errors.at_least("data.synth.activity", synth.activity, 0)
+    errors.within("data.synth.random_fraction", synth.random_fraction, 0.0, 1.0)
+
+
+def check_eval(evaluation: EvalConfig, tune: TuneConfig, ray: RayConfig, errors: Errors) -> None:
+    """The ``eval``, ``tune`` and ``ray`` sections (``tune.target`` and ``tune.space`` are ``distrec tune``'s)."""
+    from distrec.eval.peers import PEERS
+
+    errors.at_least("eval.k", evaluation.k, 1)
+    errors.at_least("eval.batch_size", evaluation.batch_size, 1)
+    for peer in evaluation.peers:
+        errors.choice("eval.peers[]", peer, PEERS)
+    errors.at_least("tune.num_samples", tune.num_samples, 1)
+    errors.at_least("tune.max_concurrent_trials", tune.max_concurrent_trials, 1)
+    errors.at_least("ray.num_cpus", ray.num_cpus, 1)
 
 
 def to_dict(config: Config) -> dict[str, Any]:

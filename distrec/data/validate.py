@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from distrec.data.schema import HISTORY, ITEM, LABEL, PROPENSITY, Manifest
+from distrec.data.schema import HISTORY, ITEM, LABEL, MANIFEST, PROPENSITY, SPLITS, Manifest
 from distrec.errors import DataError
 
 Column = pa.Array | pa.ChunkedArray
@@ -97,3 +97,38 @@ def read_parquet_checked(path: str | Path, manifest: Manifest) -> pa.Table:
     validate_table(table, manifest, str(path))
     schema = manifest.schema()
     return table.select(schema.names).cast(schema)
+
+
+REQUIRED_SPLITS = ("train", "test_id")
+
+
+def check_dataset(root: Path, manifest: Manifest, values: bool = True) -> None:
+    """Check a whole dataset before any work: its layout, then (``values``) every value of every file.
+
+    The manifest's partitions must lie inside ``root`` (a ``../`` entry would make a run read, or an
+    overwrite delete, files elsewhere) and each must hold Parquet files; ``train`` and ``test_id``
+    must exist. Every problem of every file goes into one :class:`DataError`.
+    """
+    base, problems = root.resolve(), []
+    for split in REQUIRED_SPLITS:
+        if not manifest.splits.get(split):
+            problems.append(f"{root / MANIFEST}: split {split!r} has no partitions")
+    for split, parts in manifest.splits.items():
+        if split not in SPLITS:
+            problems.append(f"{root / MANIFEST}: unknown split {split!r}; expected some of {list(SPLITS)}")
+            continue
+        for part in parts:
+            directory = root / split / part
+            if not directory.resolve().is_relative_to(base):
+                problems.append(f"{root / MANIFEST}: split {split!r} names {part!r}, which lies outside {root}")
+            elif not any(directory.glob("*.parquet")):
+                problems.append(f"{directory}: empty partition (no Parquet files)")
+    if not problems and values:
+        for split in manifest.splits:
+            for path in manifest.files(root, split):
+                try:
+                    read_parquet_checked(path, manifest)
+                except DataError as exc:
+                    problems.append(str(exc))
+    if problems:
+        raise DataError("\n".join(problems) if len(problems) > 1 else problems[0])

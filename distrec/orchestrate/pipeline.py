@@ -35,22 +35,22 @@ from typing import Any
 import pyarrow.parquet as pq
 import ray
 
-from distrec.config import Config, ModelConfig, RayConfig, to_dict, to_yaml
+from distrec.config import Config, ModelConfig, RayConfig, check, to_dict, to_yaml
 from distrec.data.batch import BatchBuilder
 from distrec.data.schema import MANIFEST, SPLITS, Manifest
 from distrec.data.synth import synthesize
-from distrec.data.validate import read_parquet_checked
+from distrec.data.validate import check_dataset
 from distrec.errors import ConfigError
 from distrec.eval.evaluate import activity_groups_of, ceilings, evaluate_exports
-from distrec.eval.peers import PEERS
 from distrec.eval.report import build_report, write_report
 from distrec.io import atomic_write_json, atomic_write_text, partial_dir
 from distrec.orchestrate.stream import conditional_column, front_door_column, soft_label_stream, write_history_bank
 from distrec.orchestrate.trainers import TrainedModel, fit, fit_concurrently
+from distrec.train.export import read_export
 from distrec.train.loop import WorkerTask
+from distrec.train.sharding import allowed_sharding_types
 
 log = logging.getLogger("distrec")
-RESERVED_NAMES = ("student", "base", "kd", "causald", "crl", "causald+crl", *PEERS)
 TRAINING = "training.json"
 
 
@@ -67,27 +67,8 @@ def synthetic_dataset(config: Config) -> Path:
 
 def prepare_dataset(config: Config) -> Path:
     root = Path(config.data.path) if config.data.path else synthetic_dataset(config)
-    manifest = Manifest.read(root)
-    for split in ("train", "test_id"):
-        if not manifest.files(root, split):
-            raise ConfigError(f"{root}: split {split!r} has no Parquet files")
-    if config.data.validate:
-        for split in manifest.splits:
-            for path in manifest.files(root, split):
-                read_parquet_checked(path, manifest)  # reads, casts and validates every value
+    check_dataset(root, Manifest.read(root), values=config.data.validate)
     return root
-
-
-def check_names(config: Config) -> None:
-    names = [t.name for t in config.teachers]
-    if not names:
-        raise ConfigError("at least one teacher is needed (teachers: [...])")
-    clashes = sorted({n for n in names if names.count(n) > 1 or n in RESERVED_NAMES})
-    if clashes:
-        raise ConfigError(f"teacher names must be unique and not {list(RESERVED_NAMES)}: {clashes}")
-    unknown = sorted(set(config.eval.peers) - set(PEERS))
-    if unknown:
-        raise ConfigError(f"eval.peers must be drawn from {list(PEERS)}, got {unknown}")
 
 
 @contextmanager
@@ -144,7 +125,7 @@ def open_run(config: Config, resume: Path | None = None) -> RunContext:
     A partial run is continued when ``resume`` names it, or when ``config.run_id`` names one (a retried
     nightly); either way its saved config.yaml must equal ``config``, or ConfigError.
     """
-    check_names(config)
+    check(config)  # also for a Config built in code rather than by load_config
     if resume is not None:
         run_dir = partial_dir(resume)
     else:
@@ -162,12 +143,28 @@ def open_run(config: Config, resume: Path | None = None) -> RunContext:
     root = prepare_dataset(config)
     manifest = Manifest.read(root)
     check_confounders(config, manifest, root)
+    check_models(config, run_dir)
     if saved.is_file():
         log.info("resuming %s", run_dir)
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(saved, to_yaml(config))
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(saved, to_yaml(config))
+        except OSError as exc:
+            raise ConfigError(f"runs_dir={config.runs_dir}: cannot create the run directory {run_dir}: {exc}") from exc
     return RunContext(config, run_dir, root, manifest)
+
+
+def check_models(config: Config, run_dir: Path) -> None:
+    """What the workers would only find out inside Ray: the sharding types on this run's device, and
+    every export the run loads (warm starts, a resumed run's finished models), opened but not read."""
+    allowed_sharding_types(config.train.device, config.train.sharding_types)
+    for model in [*config.teachers, config.student]:
+        if model.warm_start:
+            read_export(model.warm_start, mmap=True)
+    for name in model_names(config):
+        if (run_dir / "models" / name / TRAINING).is_file():
+            read_export(run_dir / "models" / name, mmap=True)
 
 
 def check_confounders(config: Config, manifest: Manifest, root: Path) -> None:

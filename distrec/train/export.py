@@ -7,6 +7,7 @@ An export is a directory with ``model.json`` (architecture, sizes and the datase
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,13 @@ def gather_state_dict(module: nn.Module, prefix: str) -> dict[str, torch.Tensor]
 
 def export_spec(spec: ModelConfig) -> dict[str, Any]:
     """What ``model.json`` records of a model: enough to rebuild it with ``model_from_config``."""
-    return {"name": spec.name, "arch": spec.arch, "dim": spec.dim, "hidden": list(spec.hidden)}
+    return {
+        "name": spec.name,
+        "arch": spec.arch,
+        "dim": spec.dim,
+        "hidden": list(spec.hidden),
+        "mediator_dropout": spec.mediator_dropout,
+    }
 
 
 def write_export(directory: Path, spec: dict[str, Any], manifest: Manifest, state: dict[str, torch.Tensor]) -> None:
@@ -59,8 +66,11 @@ def write_export(directory: Path, spec: dict[str, Any], manifest: Manifest, stat
     atomic_write_json(directory / SPEC, {**spec, "manifest": manifest.to_json()})
 
 
-def read_export(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """An export's spec and its unsharded weights (tensors only: ``weights_only=True``)."""
+def read_export(directory: str | Path, mmap: bool = False) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """An export's spec and its unsharded weights (tensors only: ``weights_only=True``).
+
+    With ``mmap`` the tensors are mapped, not read: a cheap check of a whole export before Ray starts.
+    """
     directory = Path(directory)
     spec_path, weights_path = directory / SPEC, directory / WEIGHTS
     for path in (spec_path, weights_path):
@@ -68,9 +78,17 @@ def read_export(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.
             raise CheckpointError(f"{path}: missing; is {directory} a distrec model export?")
     try:
         spec = json.loads(spec_path.read_text())
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        state = torch.load(weights_path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{weights_path}: holds pickled objects, not only tensors; refused (loaded with weights_only=True)"
+        ) from exc
     except (ValueError, RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"{directory}: unreadable model export: {exc}") from exc
+        raise CheckpointError(f"{directory}: unreadable model export: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(spec, dict) or not {"name", "arch", "dim", "hidden", "manifest"} <= set(spec):
+        raise CheckpointError(f"{spec_path}: not a distrec model spec (needs name, arch, dim, hidden, manifest)")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{weights_path}: not a state dict of tensors")
     return spec, state
 
 
@@ -78,7 +96,13 @@ def load_export(directory: str | Path) -> tuple[nn.Module, dict[str, Any], Manif
     """Rebuild an exported model on CPU, unsharded, in eval mode."""
     spec, state = read_export(directory)
     manifest = Manifest(**spec["manifest"])
-    config = ModelConfig(name=spec["name"], arch=spec["arch"], dim=spec["dim"], hidden=list(spec["hidden"]))
+    config = ModelConfig(
+        name=spec["name"],
+        arch=spec["arch"],
+        dim=spec["dim"],
+        hidden=list(spec["hidden"]),
+        mediator_dropout=float(spec.get("mediator_dropout", 0.0)),
+    )
     model = model_from_config(config, manifest, torch.device("cpu"))
     try:
         model.load_state_dict(state)
