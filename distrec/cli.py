@@ -1,4 +1,4 @@
-"""The ``distrec`` command: data, run, tune, plan, submit.
+"""The ``distrec`` command: data, run, tune, plan, submit, nightly, registry, evaluate.
 
 Exit codes: 0 success, 1 other failure, 2 bad data, 3 bad configuration, 4 bad checkpoint.
 """
@@ -78,6 +78,10 @@ def _run(args: argparse.Namespace) -> None:
     from distrec.orchestrate.pipeline import run
 
     run_dir = run(config, resume=resume)
+    if config.registry.log_runs:
+        from distrec.nightly.registry import Registry
+
+        Registry(config.registry, config.runs_dir).log_run(run_dir)
     print(run_dir)
 
 
@@ -120,6 +124,65 @@ def _submit(args: argparse.Namespace) -> None:
     print(status)
 
 
+def _nightly(args: argparse.Namespace) -> None:
+    from distrec.config import load_config
+    from distrec.loopback import bind_local_ray_to_loopback
+    from distrec.nightly.job import default_date, nightly, parse_date
+
+    config = load_config(args.config, args.overrides)
+    if config.ray.address is None:
+        bind_local_ray_to_loopback()
+    print(nightly(config, parse_date(args.date) if args.date else default_date(), force=args.force).line())
+
+
+def _registry(args: argparse.Namespace) -> None:
+    from distrec.config import load_config
+    from distrec.nightly.registry import Registry
+
+    config = load_config(args.config, args.overrides)
+    registry = Registry(config.registry, config.runs_dir)
+    if args.registry_command == "list":
+        rows = registry.table()
+        if not rows:
+            print(f"{registry.uri}: model {registry.name!r} has no versions")
+        for row in rows:
+            print("  ".join(f"{k}={v}" for k, v in row.items() if v))
+    elif args.registry_command == "promote":
+        with registry.lock():
+            previous = registry.promote(args.version, "manual")
+        print(f"champion: version {args.version} (was {previous})")
+    else:
+        current, previous = registry.rollback()
+        print(f"champion: version {previous} (rolled back from {current})")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    import json
+
+    from distrec.nightly.evaluate import evaluate_model
+
+    print(json.dumps(evaluate_model(args.model, Path(args.data), args.split, args.config, args.overrides), indent=1))
+
+
+def _data_days(args: argparse.Namespace) -> None:
+    from distrec.data.days import synthesize_days
+
+    manifest = synthesize_days(
+        Path(args.out),
+        args.days,
+        args.rows_per_day,
+        users=args.users,
+        items=args.items,
+        new_users_per_day=args.new_users_per_day,
+        new_items_per_day=args.new_items_per_day,
+        popularity_drift=args.popularity_drift,
+        policy_change_day=args.policy_change_day,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
+    print(f"{args.out}: {len(manifest.source['days'])} days, {sum(manifest.rows.values())} rows {manifest.rows}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distrec", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -141,6 +204,20 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--overwrite", action="store_true")
     synth.set_defaults(func=_data_synth)
+
+    days = data.add_parser("days", help="a synthetic day store with drift, for the nightly (distrec.data.days)")
+    days.add_argument("--out", required=True)
+    days.add_argument("--days", type=int, required=True)
+    days.add_argument("--rows-per-day", type=int, required=True)
+    days.add_argument("--users", type=int, default=400, help="users on the first day [400]")
+    days.add_argument("--items", type=int, default=200, help="items on the first day [200]")
+    days.add_argument("--new-users-per-day", type=int, default=10)
+    days.add_argument("--new-items-per-day", type=int, default=5)
+    days.add_argument("--popularity-drift", type=float, default=0.05, help="per-day drift of item popularity")
+    days.add_argument("--policy-change-day", type=int, help="the day index from which the logging policy changes")
+    days.add_argument("--seed", type=int, default=0)
+    days.add_argument("--overwrite", action="store_true")
+    days.set_defaults(func=_data_days)
 
     imp = data.add_parser(
         "import",
@@ -219,6 +296,31 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--submission-id", help="idempotency key; default derived from config, overrides and date")
     submit.add_argument("--wait", action="store_true", help="follow the logs until the job ends")
     submit.set_defaults(func=_submit)
+
+    nightly = sub.add_parser("nightly", help="one night: data checks, warm start, gates, registry, promotion")
+    nightly.add_argument("config", help="YAML config, e.g. jobs/nightly.yaml (data.path: a day store)")
+    nightly.add_argument("overrides", nargs="*")
+    nightly.add_argument("--date", help="the day to hold out and gate on, YYYY-MM-DD [yesterday, UTC]")
+    nightly.add_argument("--force", action="store_true", help="promote even if a gate fails (recorded)")
+    nightly.set_defaults(func=_nightly)
+
+    registry = sub.add_parser("registry", help="the MLflow model registry: list, promote, rollback")
+    registry.add_argument("--config", default="jobs/nightly.yaml", help="the config naming the registry [%(default)s]")
+    reg = registry.add_subparsers(dest="registry_command", required=True)
+    reg.add_parser("list", help="every version with its aliases and tags").add_argument("overrides", nargs="*")
+    promote = reg.add_parser("promote", help="make VERSION the champion (recorded as manual)")
+    promote.add_argument("version")
+    promote.add_argument("overrides", nargs="*")
+    reg.add_parser("rollback", help="champion -> the champion it replaced").add_argument("overrides", nargs="*")
+    registry.set_defaults(func=_registry)
+
+    evaluate = sub.add_parser("evaluate", help="one model's metrics on any dataset")
+    evaluate.add_argument("model", help="an export directory, or models:/NAME@ALIAS or models:/NAME/VERSION")
+    evaluate.add_argument("--data", required=True, help="a dataset directory")
+    evaluate.add_argument("--split", help="one split [test_id and test_ood, where present]")
+    evaluate.add_argument("--config", default="jobs/nightly.yaml", help="for models:/ URIs: the registry [%(default)s]")
+    evaluate.add_argument("overrides", nargs="*")
+    evaluate.set_defaults(func=_evaluate)
     return parser
 
 

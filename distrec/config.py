@@ -141,6 +141,51 @@ class RayConfig:
 
 
 @dataclass
+class RegistryConfig:
+    """The MLflow tracking store and model registry (``distrec.nightly.registry``)."""
+
+    # None: the embedded default, sqlite:///<runs_dir>/registry/mlflow.db with artifacts beside it;
+    # or any MLflow tracking URI (http://mlflow:5000 for a server)
+    uri: str | None = None
+    model_name: str = "distrec"
+    experiment: str = "distrec"
+    log_runs: bool = False  # also record every `distrec run` as an MLflow run
+
+
+@dataclass
+class GateConfig:
+    """One promotion gate on a metric of the challenger on the held-out day (``distrec.nightly.gates``)."""
+
+    metric: str = "test_id.auc"  # a dotted path into the model's metrics, e.g. test_id.groups.q1.auc
+    floor: float | None = None  # absolute bound: at least this (higher_is_better), else at most this
+    tolerance: float = 0.0  # how much worse than the champion the challenger may be (>= 0)
+    higher_is_better: bool = True
+
+
+@dataclass
+class NightlyConfig:
+    """``distrec nightly``: data checks, window, warm start and gates (``distrec.nightly.job``)."""
+
+    window_days: int = 3  # train on the days [date - window_days, date - 1]; ``date`` is held out
+    first_night: str = "cold_start"  # no champion yet: cold_start (floors only) | refuse
+    warm_epochs: int = 0  # train.epochs of a warm-started night (0: train.epochs)
+    model: str = "student"  # the model that is gated and served; every export is registered with it
+    median_days: int = 7  # the trailing days whose median row count bounds the date's
+    min_rows_ratio: float = 0.5  # the date's rows must be within [min, max] x that median
+    max_rows_ratio: float = 2.0
+    min_label_rate: float = 0.001
+    max_label_rate: float = 0.9
+    gates: list[GateConfig] = field(
+        default_factory=lambda: [
+            GateConfig("test_id.auc", floor=0.55, tolerance=0.01),
+            GateConfig("test_id.logloss", floor=0.69, tolerance=0.01, higher_is_better=False),
+            GateConfig("test_id.groups.q1.auc", floor=0.5, tolerance=0.02),
+            GateConfig("test_ood.auc", floor=0.5, tolerance=0.02),
+        ]
+    )
+
+
+@dataclass
 class Config:
     seed: int = 0
     runs_dir: str = "runs"
@@ -158,6 +203,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    nightly: NightlyConfig = field(default_factory=NightlyConfig)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -199,6 +246,7 @@ def check(config: Config) -> None:
         )
     check_data(config.data, errors)
     check_eval(config.eval, config.tune, config.ray, errors)
+    check_nightly(config.nightly, errors)
     errors.raise_if_any()
 
 
@@ -355,6 +403,25 @@ def check_eval(evaluation: EvalConfig, tune: TuneConfig, ray: RayConfig, errors:
     errors.at_least("tune.num_samples", tune.num_samples, 1)
     errors.at_least("tune.max_concurrent_trials", tune.max_concurrent_trials, 1)
     errors.at_least("ray.num_cpus", ray.num_cpus, 1)
+
+
+FIRST_NIGHT = ("cold_start", "refuse")
+
+
+def check_nightly(nightly: NightlyConfig, errors: Errors) -> None:
+    errors.at_least("nightly.window_days", nightly.window_days, 1)
+    errors.at_least("nightly.warm_epochs", nightly.warm_epochs, 0)
+    errors.at_least("nightly.median_days", nightly.median_days, 1)
+    errors.choice("nightly.first_night", nightly.first_night, FIRST_NIGHT)
+    errors.at_least("nightly.min_rows_ratio", nightly.min_rows_ratio, 0.0)
+    if not nightly.max_rows_ratio >= nightly.min_rows_ratio:
+        errors.add(f"nightly.max_rows_ratio={nightly.max_rows_ratio} must be >= min_rows_ratio")
+    errors.within("nightly.min_label_rate", nightly.min_label_rate, 0.0, 1.0)
+    errors.within("nightly.max_label_rate", nightly.max_label_rate, nightly.min_label_rate, 1.0)
+    for i, gate in enumerate(nightly.gates):
+        errors.at_least(f"nightly.gates[{i}].tolerance", gate.tolerance, 0.0)
+        if gate.metric.split(".")[0] not in ("test_id", "test_ood"):
+            errors.add(f"nightly.gates[{i}].metric must start with test_id. or test_ood., got {gate.metric!r}")
 
 
 def to_dict(config: Config) -> dict[str, Any]:

@@ -205,12 +205,20 @@ def train_teachers(ctx: RunContext) -> None:
     """Stage: the K teachers and ``base`` (the student's architecture on labels alone), concurrently."""
     config = ctx.config
     models = [(ctx.task(t, config.seed + i), None) for i, t in enumerate(config.teachers)]
-    models.append((ctx.task(replace(config.student, name="base"), config.seed), None))
+    base = replace(config.student, name="base", warm_start=sibling_export(config.student.warm_start, "base"))
+    models.append((ctx.task(base, config.seed), None))
     todo = [(task, ds) for task, ds in models if not ctx.done(task.model.name)]
     if todo:
         log.info("training %s concurrently", ", ".join(t.model.name for t, _ in todo))
         for trained in fit_concurrently(todo, ctx.storage).values():
             _keep(ctx, trained)
+
+
+def sibling_export(export: str | None, name: str) -> str | None:
+    """The export of model ``name`` beside a warm start's export (``models/<name>/`` of the same run),
+    if there is one: base warm-starts from the earlier base, not from the student it shares a shape with."""
+    sibling = Path(export).parent / name if export else None
+    return str(sibling) if sibling is not None and (sibling / "model.json").is_file() else None
 
 
 def train_students(ctx: RunContext) -> None:

@@ -1,0 +1,1 @@
+"""Nightly retraining: data checks, warm start, gates and an MLflow model registry."""
