@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -215,7 +216,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             path = Path(path)
             if not path.is_file():
                 raise ConfigError(f"config file {path} does not exist")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+            merged = OmegaConf.merge(merged, _load_yaml(path))
         if overrides:
             bad = [o for o in overrides if "=" not in o]
             if bad:
@@ -227,6 +228,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     assert isinstance(config, Config)
     check(config)
     return config
+
+
+def _load_yaml(path: Path) -> DictConfig:
+    """A YAML config file that must hold a mapping of keys: ConfigError naming the file otherwise."""
+    try:
+        loaded = OmegaConf.load(path)
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not a readable YAML file: {' '.join(str(exc).split())}") from exc
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path}: the config must be a YAML mapping of keys (train: ..., data: ...), not a list")
+    return loaded
 
 
 def check(config: Config) -> None:

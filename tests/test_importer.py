@@ -113,21 +113,21 @@ def test_small_log_round_trip(tmp_path: Path) -> None:
 
 
 def test_month_partitions(tmp_path: Path) -> None:
-    # 1969-12-31 23:59:59, 1970-01-31, 1970-02-01 00:00:00, 1970-03-15, 2000-02-29
-    times = [-1, 30 * DAY, 31 * DAY, 73 * DAY, 951_782_400]
+    # 1970-01-01 00:00:00, 1970-01-31, 1970-02-01 00:00:00, 1970-03-15, 2000-02-29 (times before 1970: test_bad_inputs)
+    times = [0, 30 * DAY, 31 * DAY, 73 * DAY, 951_782_400]
     rows = [f"u{n % 2},{n % 3},{n % 2},{ts}" for n, ts in enumerate(times)]
     source = write_csv(tmp_path / "log.csv", "user_id,item_id,label,timestamp", rows)
     manifest = import_interactions(
         source, tmp_path / "out", partition="month", valid_fraction=0.2, test_fraction=0.2, history_len=0
     )
     assert manifest.splits == {
-        "train": ["ds=1969-12-01", "ds=1970-01-01", "ds=1970-02-01"],
+        "train": ["ds=1970-01-01", "ds=1970-02-01"],
         "valid": ["ds=1970-03-01"],
         "test_id": ["ds=2000-02-01"],
     }
     assert manifest.source["partition"] == "month"
     files = manifest.files(tmp_path / "out", "train")
-    assert [pq.read_table(f)["ts"].to_pylist() for f in files] == [[-1], [30 * DAY], [31 * DAY]]
+    assert [pq.read_table(f)["ts"].to_pylist() for f in files] == [[0, 30 * DAY], [31 * DAY]]
     with pytest.raises(ConfigError, match="partition 'week'"):
         import_interactions(source, tmp_path / "week", partition="week")
     assert not (tmp_path / "week").exists()

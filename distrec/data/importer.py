@@ -58,6 +58,7 @@ Conventions (see :func:`import_interactions`):
 
 from __future__ import annotations
 
+import codecs
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -233,6 +234,7 @@ def read_table(path: Path) -> pa.Table:
     suffixes = [s.lower() for s in path.suffixes]
     if ".csv" in suffixes:
         kind, reader = "CSV", pcsv.read_csv
+        _check_text(path)
     elif suffixes[-1:] in ([".parquet"], [".pq"]):
         kind, reader = "Parquet", pq.read_table
     else:
@@ -243,7 +245,22 @@ def read_table(path: Path) -> pa.Table:
         raise DataError(f"{path}: unreadable {kind} file: {exc}") from exc
     if table.num_rows == 0:
         raise DataError(f"{path}: empty file (0 rows)")
+    names = table.column_names
+    if duplicated := sorted({n for n in names if names.count(n) > 1}):
+        raise DataError(f"{path}: duplicated column(s) {duplicated}; every column name must be unique")
     return table
+
+
+def _check_text(path: Path, probe: int = 1 << 16) -> None:
+    """A CSV file must be UTF-8 text: binary content is named here rather than echoed by the parser."""
+    with open(path, "rb") as f:
+        head = f.read(probe)
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) < probe)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not a UTF-8 text CSV file (binary content at byte {exc.start})") from exc
+    if (at := head.find(b"\0")) >= 0:
+        raise DataError(f"{path}: not a text CSV file (a NUL byte at byte {at})")
 
 
 def _plain(col: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -276,6 +293,14 @@ def _labels(path: Path, name: str, col: pa.ChunkedArray, threshold: float | None
 
 
 def _seconds(path: Path, name: str, col: pa.ChunkedArray, time_unit: str) -> np.ndarray:
+    """Event times as int64 seconds since the epoch; a time before 1970 is taken for a unit mistake."""
+    seconds = _epoch_seconds(path, name, col, time_unit)
+    if n := int(np.count_nonzero(seconds < 0)):
+        raise DataError(f"{path}: column {name!r}: {n} negative times (before 1970-01-01)")
+    return seconds
+
+
+def _epoch_seconds(path: Path, name: str, col: pa.ChunkedArray, time_unit: str) -> np.ndarray:
     if pa.types.is_timestamp(col.type):
         if col.null_count:
             raise DataError(f"{path}: column {name!r}: {col.null_count} null values")
