@@ -17,7 +17,7 @@
    registry's lock, and against the champion of that moment: promotion (the ``champion`` alias move,
    the commit point) if the gates pass or ``--force``, else the version is tagged rejected.
 
-A date already decided for this config is a no-op that reports the version it produced.
+A date already decided (promoted or rejected) is a no-op that reports the version it produced.
 """
 
 from __future__ import annotations
@@ -138,10 +138,11 @@ def check_day(store: Path, manifest: Manifest, date: str, config: Config) -> lis
     return window
 
 
-def find_night(registry: Registry, date: str, key: str) -> tuple[str, dict[str, str]] | None:
-    """The version a night (date, config hash) registered, with its tags, or None."""
+def find_night(registry: Registry, date: str) -> tuple[str, dict[str, str]] | None:
+    """The latest version a night of ``date`` registered, with its tags, or None. Keyed by the date
+    alone: a date promoted once stays done even after the code or the config changed (its hash with it)."""
     for version in reversed(registry.versions()):
-        if version.tags.get("nightly_date") == date and version.tags.get("config_hash") == key:
+        if version.tags.get("nightly_date") == date:
             return str(version.version), version.tags
     return None
 
@@ -192,12 +193,12 @@ def nightly(config: Config, date: str, force: bool = False) -> Outcome:
     run_id = f"nightly-{date}-{key}"
     runs = Path(config.runs_dir)
     registry = Registry(config.registry, runs)
-    found = find_night(registry, date, key)
+    found = find_night(registry, date)
     if found and found[1].get("decision") and not (force and found[1]["decision"] == "rejected"):
         version, tags = found
-        outcome = Outcome(date, version, tags["decision"], runs / run_id, noop=True)
+        outcome = Outcome(date, version, tags["decision"], runs / tags.get("run_id", run_id), noop=True)
         if tags["decision"] != "promoted":
-            raise NotPromoted(f"{outcome.line()}: gates failed, see {runs / run_id / GATES}; --force promotes it")
+            raise NotPromoted(f"{outcome.line()}: gates failed, see {outcome.run_dir / GATES}; --force promotes it")
         return outcome
 
     manifest = Manifest.read(store)
