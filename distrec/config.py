@@ -56,6 +56,9 @@ class ModelConfig:
     # A model export directory (models/<name>/ of an earlier run) to start from: a warm start,
     # from any world size or sharding plan. A checkpoint of the same run takes precedence.
     warm_start: str | None = None
+    # Dropout on the mediator m = g(x) in training: a stochastic mediator, so P(m | x) has support and a
+    # teacher's head is trained on the pairs the front-door scorer asks it about (distill.mediator_samples)
+    mediator_dropout: float = 0.0
 
 
 @dataclass
@@ -80,6 +83,12 @@ class TrainConfig:
     gpus_per_worker: float = 0.0
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: at epoch ends only)
     max_failures: int = 1  # worker-group restarts Ray Train allows, each resuming from the last checkpoint
+    # Ray placement of each model's workers (ScalingConfig.placement_strategy): PACK (as few nodes as fit),
+    # SPREAD (as many as possible), STRICT_PACK (one node), STRICT_SPREAD (one worker per node)
+    placement_strategy: str = "PACK"
+    # Seconds a collective waits for its peers, on the training process group (TorchConfig(timeout_s)) and
+    # on the gloo side group: a hung or lost peer fails the group after this long, not torch's 30 minutes
+    collective_timeout_s: int = 600
 
 
 @dataclass
@@ -97,6 +106,9 @@ class DistillConfig:
     score_batch_size: int = 1024
     schedule: str = "constant"  # constant | linear_warmup (lambda ramps from 0 over warmup_steps)
     warmup_steps: int = 0  # training steps of the linear_warmup ramp
+    # Mediator samples m ~ P(m | x) per teacher and row (dropout masks on g(x); needs every teacher's
+    # mediator_dropout > 0): the sum over m of the front-door formula, estimated by S samples per teacher
+    mediator_samples: int = 1
 
 
 @dataclass
@@ -112,6 +124,10 @@ class CRLConfig:
     critic_lr: float = 1e-2
     critic_steps: int = 2  # critic updates (on Z.detach(), own Adam) per training step, before the penalty
     warmup_steps: int = 0  # beta ramps linearly from 0 over this many training steps; 0: no ramp
+    # The dataset's confounder columns C to penalise (empty: all of them). Name only exposure columns whose
+    # dependence on Z is spurious: a policy column that marks a uniform-random slice, which shows unpopular
+    # items more often, would also make the penalty remove item popularity, a real effect
+    confounders: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -251,6 +267,13 @@ def check(config: Config) -> None:
     check_model("student", config.student, errors)
     check_train(config.train, errors)
     check_causal(config.distill, config.crl, errors)
+    if config.distill.mediator_samples > 1:
+        fixed = [t.name for t in config.teachers if not t.mediator_dropout > 0]
+        if fixed:
+            errors.add(
+                f"distill.mediator_samples={config.distill.mediator_samples} needs mediator_dropout > 0 on every "
+                f"teacher (a deterministic mediator gives identical samples): not on {fixed}"
+            )
     if config.crl.beta > 0 and not config.crl.critic_lr > config.train.dense_lr:
         errors.add(
             f"crl.critic_lr={config.crl.critic_lr} must exceed train.dense_lr={config.train.dense_lr}: "
@@ -328,12 +351,18 @@ def check_model(key: str, model: ModelConfig, errors: Errors) -> None:
         errors.at_least(f"{key}.hidden[{j}]", width, 1)
     for feature, rows in model.table_rows.items():
         errors.at_least(f"{key}.table_rows.{feature}", rows, 1)
+    if not 0.0 <= model.mediator_dropout < 1.0:  # also rejects NaN
+        errors.add(f"{key}.mediator_dropout must be in [0, 1), got {model.mediator_dropout}")
 
 
 SPARSE_OPTIMIZERS = {
     "cpu": ("rowwise_adagrad", "adagrad", "sgd"),
     "cuda": ("rowwise_adagrad", "adagrad", "sgd", "adam"),
 }
+
+
+# Ray placement-group strategies (ray.util.placement_group)
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
 def check_train(train: TrainConfig, errors: Errors) -> None:
@@ -357,6 +386,8 @@ def check_train(train: TrainConfig, errors: Errors) -> None:
     for key in ("dense_lr", "sparse_lr", "cpus_per_worker"):
         errors.at_least(f"train.{key}", getattr(train, key), 0, strict=True)
     errors.within("train.min_lr_ratio", train.min_lr_ratio, 0.0, 1.0)
+    errors.choice("train.placement_strategy", train.placement_strategy, PLACEMENT_STRATEGIES)
+    errors.at_least("train.collective_timeout_s", train.collective_timeout_s, 0, strict=True)
 
 
 DISTILL_LOSSES = ("bce", "kl")
@@ -377,6 +408,7 @@ def check_causal(distill: DistillConfig, crl: CRLConfig, errors: Errors) -> None
     errors.at_least("distill.bank_size", distill.bank_size, 1)
     errors.at_least("distill.score_batch_size", distill.score_batch_size, 1)
     errors.at_least("distill.warmup_steps", distill.warmup_steps, 0)
+    errors.at_least("distill.mediator_samples", distill.mediator_samples, 1)
     if distill.loss == "bce" and distill.temperature != 1.0:
         errors.add(f"distill.temperature={distill.temperature} needs distill.loss=kl: the bce loss has no temperature")
     if distill.schedule == "linear_warmup" and distill.warmup_steps < 1:

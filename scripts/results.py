@@ -78,7 +78,8 @@ def table(reports: list[dict], split: str, metrics: tuple[str, ...]) -> list[str
 
 def paired_table(reports: list[dict], metric: str) -> list[str]:
     """model - base on the same seed (same data, same teachers): mean ± std of the paired differences."""
-    cols = [("test_id", None), ("test_ood", None), ("test_id", "q1"), ("test_id", "q5")]
+    cols = [("test_id", None), ("test_ood", None), ("test_do", None), ("test_id", "q1"), ("test_id", "q5")]
+    cols += [("test_ood", "q1")]
     cols = [c for c in cols if c[0] in reports[0]["models"]["base"]]
     lines = [
         "| model | " + " | ".join(f"{s}{' ' + g if g else ''}" for s, g in cols) + " |",
@@ -121,14 +122,17 @@ def document(done: dict[str, list[tuple[list[str], Path]]], seconds: dict[str, f
         reports = [json.loads((d / "report.json").read_text()) for _, d in runs]
         out += [f"## {name}", "", f"{len(runs)} run(s), {seconds.get(name, 0):.0f} s in all. Commands:", ""]
         out += [f"    distrec run jobs/local.yaml {' '.join(args)}" for args, _ in runs] + [""]
-        metrics = ("auc", "gauc", "logloss", "ndcg@10", "causal_rmse", "causal_logloss")
-        for split in ("test_id", "test_ood"):
+        metrics = ("auc", "gauc", "logloss", "ndcg@10", "causal_rmse", "causal_logloss", "fd_rmse", "fd_logloss")
+        for split in ("test_id", "test_ood", "test_do"):
             if all(split in r["models"]["base"] for r in reports):
                 out += [f"### {split}", "", *table(reports, split, metrics), ""]
         for metric in ("auc", "ndcg@10"):
             out += [f"### {metric} per activity group (test_id)", "", *group_table(reports, metric), ""]
         if len(reports) > 1:
-            out += ["### AUC, paired difference against base (same seed)", "", *paired_table(reports, "auc"), ""]
+            for metric in ("auc", "logloss", "fd_rmse"):
+                if any(metric in r["models"]["base"].get("test_id", {}) for r in reports):
+                    title = f"### {metric}, paired difference against base (same seed)"
+                    out += [title, "", *paired_table(reports, metric), ""]
     reading = previous[previous.index(READING) :] if READING in previous else f"{READING}\n\n(to be written)\n"
     return "\n".join(out) + "\n" + reading
 

@@ -72,6 +72,30 @@ def test_forward_on_a_real_batch_gives_finite_logits_and_trains_every_table(arch
     assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in tables)
 
 
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_stochastic_mediator_has_support_in_training_and_is_exact_in_eval(arch: str, data: Data) -> None:
+    """mediator_dropout draws m ~ P(m | x) in training (and in ``sample_mediator``, for the scorer); its
+    draws average back to g(x) (inverted dropout), and eval mode keeps the deterministic g(x)."""
+    from distrec.config import ModelConfig
+    from distrec.models.architectures import model_from_config
+
+    manifest, batch, _ = data
+    torch.manual_seed(0)
+    model = model_from_config(
+        ModelConfig(name=arch, arch=arch, dim=DIM, hidden=HIDDEN, mediator_dropout=0.3), manifest, torch.device("cpu")
+    )
+    with torch.no_grad():
+        exact = model.eval().encode(batch)
+        torch.testing.assert_close(model.encode(batch).mediator, exact.mediator)
+        first, second = model.train().encode(batch), model.encode(batch)
+        assert not torch.equal(first.mediator, second.mediator)
+        torch.testing.assert_close(first.direct, exact.direct)  # only the mediator is stochastic
+        gen = torch.Generator().manual_seed(0)
+        draws = torch.stack([model.sample_mediator(exact.mediator, gen) for _ in range(4000)])
+    assert ((draws == 0) | torch.isclose(draws, exact.mediator / 0.7)).all()
+    torch.testing.assert_close(draws.mean(0), exact.mediator, atol=0.02 * exact.mediator.abs().max().item(), rtol=0)
+
+
 def test_din_keeps_item_and_history_in_one_sequence_table(data: Data) -> None:
     manifest, _, _ = data
     model = model_of("din", manifest)

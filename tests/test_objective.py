@@ -340,6 +340,9 @@ def test_valid_overrides_load() -> None:
         (["crl.warmup_steps=-5"], "crl.warmup_steps must be >= 0"),
         (["crl.critic_lr=0"], "crl.critic_lr must be > 0"),
         (["crl.critic_hidden=0"], "crl.critic_hidden must be >= 1"),
+        (["distill.mediator_samples=0"], "distill.mediator_samples must be >= 1"),
+        (["distill.mediator_samples=4"], "needs mediator_dropout > 0 on every teacher"),
+        (["student.mediator_dropout=1.0"], r"student.mediator_dropout must be in \[0, 1\)"),
     ],
 )
 def test_invalid_causal_settings_are_config_errors(overrides: list[str], message: str) -> None:

@@ -48,7 +48,7 @@ def test_layout_and_manifest(dataset: tuple[Path, Manifest, dict[str, pa.Table]]
     assert {s: t.num_rows for s, t in tables.items()} == manifest.rows
     assert manifest.has_true_ctr and manifest.history_max_len == 20
     assert manifest.cardinality == {"user_id": 800, "item_id": ITEMS, "item_tag": 16}
-    assert manifest.confounders == {"conf_session": 8, "conf_policy": 3}
+    assert manifest.confounders == {"conf_session": 8}  # exposure only: not the policy (see synth.py)
     assert manifest.source["seed"] == 3 and manifest.source["scm"]["confounding"] == 2.0
     for split in SPLITS:
         for path in manifest.files(root, split):
@@ -66,9 +66,7 @@ def test_policies_propensities_and_ctr(dataset: tuple[Path, Manifest, dict[str, 
     policy = np.array(train["policy"].to_pylist())
     assert set(policy[is_random]) == {"random"} and set(policy[~is_random]) == {"policy_ts"}
     assert np.allclose(train["propensity"].to_numpy()[is_random], 1 / ITEMS)
-    assert np.array_equal(train["conf_policy"].to_numpy(), np.where(is_random, 1, 0))
     assert set(tables["test_ood"]["policy"].to_pylist()) == {"policy_flipped"}
-    assert set(tables["test_ood"]["conf_policy"].to_pylist()) == {2}
     for split, table in tables.items():
         label, ctr = table["label"].to_numpy(), table["true_ctr"].to_numpy()
         assert 0.2 < label.mean() < 0.35, split

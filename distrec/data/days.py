@@ -33,9 +33,7 @@ import pyarrow.parquet as pq
 
 from distrec.data.schema import ITEM, USER, Manifest, SparseFeature, partition_name
 from distrec.data.synth import (
-    CONF_POLICY,
     CONF_SESSION,
-    POLICY_CODE,
     SESSION_BUCKETS,
     START_DAY,
     TAG,
@@ -142,7 +140,7 @@ def synthesize_days(
             SparseFeature(ITEM, total_items, "item", table_rows=math.ceil(headroom * total_items)),
             SparseFeature(TAG, num_tags, "item"),
         ],
-        confounders={CONF_SESSION: SESSION_BUCKETS, CONF_POLICY: len(POLICY_CODE)},
+        confounders={CONF_SESSION: SESSION_BUCKETS},
         history_max_len=history_len,
         has_true_ctr=True,
         source={

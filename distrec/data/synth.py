@@ -25,9 +25,10 @@ The SCM has both kinds of confounding distrec's students claim to fix, each with
 X acts on Y only through M, and U confounds X and Y: the front-door setting of CausalD. V confounds
 which items are shown and Y: the exposure setting of CRL. The tag has no effect on clicks; under the
 logging policy its sign correlates with clicks only through V, and under the flipped policy (split
-``test_ood``) that correlation changes sign. The observed confounders describe the exposure, not the
-user: ``conf_session`` (a noisy proxy of V in 8 quantile buckets) and ``conf_policy`` (0 logging, 1
-random, 2 flipped).
+``test_ood``) that correlation changes sign. The observed confounder describes the exposure, not the
+user: ``conf_session``, a noisy proxy of V in 8 quantile buckets. (The policy is in the ``policy`` and
+``is_random`` columns but is not a confounder column: the random slice shows unpopular items more often,
+so penalising I(Z; policy) would remove item popularity, a real effect, along with nothing spurious.)
 
 Splits: train, valid, test_id under the logging policy (train also has a ``random_fraction`` uniform
 slice), test_ood under the flipped policy, and ``test_do``: X set by intervention. There each row's U
@@ -84,7 +85,7 @@ from distrec.data.schema import (
 from distrec.errors import ConfigError
 from distrec.io import atomic_dir
 
-SCM_VERSION = 3  # bumped whenever the SCM's equations change: cached datasets are keyed by it
+SCM_VERSION = 4  # bumped whenever the SCM's equations change: cached datasets are keyed by it
 B0 = -1.4  # click intercept
 W_M = 2.0  # weight of the mediated preference c_m.q_i / sqrt(dim): X -> M -> Y
 W_U = 0.8  # weight of the user confounder's taste for social items, a_u * r_i: U -> Y
@@ -103,7 +104,6 @@ START_DAY = dt.date(2026, 1, 1)
 
 TAG = "item_tag"
 CONF_SESSION = "conf_session"
-CONF_POLICY = "conf_policy"
 LOGGING, RANDOM, FLIPPED = "policy_ts", "random", "policy_flipped"
 POLICY_CODE = {LOGGING: 0, RANDOM: 1, FLIPPED: 2}
 
@@ -400,7 +400,6 @@ def _chunk(
         HISTORY: gather_lists(history.flat, start, length),
         TAG: world.tag[item].astype(np.int64),
         CONF_SESSION: np.searchsorted(session_edges, proxy).astype(np.int64),
-        CONF_POLICY: np.where(is_random, POLICY_CODE[RANDOM], POLICY_CODE[FLIPPED if part.flip else LOGGING]),
         TRUE_CTR: ctr.astype(np.float32),
         P_OBS: p_obs.astype(np.float32),
         P_DO: p_do.astype(np.float32),
@@ -486,7 +485,7 @@ def synthesize(
             SparseFeature(ITEM, items, "item"),
             SparseFeature(TAG, num_tags, "item"),
         ],
-        confounders={CONF_SESSION: SESSION_BUCKETS, CONF_POLICY: len(POLICY_CODE)},
+        confounders={CONF_SESSION: SESSION_BUCKETS},
         history_max_len=history_len,
         has_true_ctr=True,
         source={

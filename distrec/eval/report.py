@@ -204,11 +204,14 @@ def _markdown(report: Mapping[str, Any], plots: list[tuple[str, str]]) -> str:
                 len(t.get("curve") or []),
                 t.get("stopped_early"),
                 _best_valid(t),
+                _mi_trend(t),
                 t.get("seconds"),
             ]
             for m, t in training.items()
         ]
-        lines += _table(["model", "best epoch", "epochs run", "stopped early", "valid AUC", "seconds"], rows)
+        header = ["model", "best epoch", "epochs run", "stopped early", "valid AUC", "train_mi first -> last"]
+        lines += _table([*header, "seconds"], rows)
+        lines += ["A CRL model's estimated I(Z; C) (train_mi) should fall as it trains; per epoch in report.json.", ""]
     for name, chosen in (run.get("peers") or {}).items():
         settings = ", ".join(f"{k}={_fmt(v)}" for k, v in chosen.items() if k not in ("curve", "valid_auc"))
         lines += [f"Peer `{name}`: plain PyTorch matrix factorisation, chosen on valid ({settings}).", ""]
@@ -219,6 +222,14 @@ def _markdown(report: Mapping[str, Any], plots: list[tuple[str, str]]) -> str:
     if isinstance(config, Mapping):
         lines += ["## Configuration", "", "```json", json.dumps(config, indent=2), "```"]
     return "\n".join(lines)
+
+
+def _mi_trend(training: Mapping[str, Any]) -> str:
+    """``first -> last`` epoch's train_mi of a CRL model; empty for a model without the penalty."""
+    values = [_number(p.get("train_mi")) for p in training.get("curve") or []]
+    if not values or not any(v != 0 for v in values if math.isfinite(v)):
+        return ""
+    return f"{values[0]:.4f} -> {values[-1]:.4f}"
 
 
 def _best_valid(training: Mapping[str, Any]) -> float:

@@ -28,9 +28,19 @@ class _Model(nn.Module):
         super().__init__()
         self.name = name
         self.encoder = encoder
+        self.mediator_dropout = 0.0  # set by ``model_from_config`` (ModelConfig.mediator_dropout)
 
     def encode(self, batch: Batch) -> Encoded:
-        return self.encoder(batch)
+        encoded = self.encoder(batch)
+        if self.training and self.mediator_dropout > 0:
+            return encoded._replace(mediator=self.sample_mediator(encoded.mediator))
+        return encoded
+
+    def sample_mediator(self, mediator: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One draw of the stochastic mediator m ~ P(m | x): an inverted-dropout mask on g(x), in any mode."""
+        keep = 1.0 - self.mediator_dropout
+        mask = torch.rand(mediator.shape, generator=generator, device=mediator.device) < keep
+        return mediator * mask / keep
 
     def head(self, direct: torch.Tensor, mediator: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -183,7 +193,9 @@ ARCHITECTURES: dict[str, type[_Model]] = {
 
 def model_from_config(spec: ModelConfig, manifest: Manifest, device: torch.device) -> _Model:
     """The model a ``ModelConfig`` describes (the one factory the loop, the planner and exports use)."""
-    return build_model(spec.arch, spec.name, manifest, spec.dim, list(spec.hidden), device)
+    model = build_model(spec.arch, spec.name, manifest, spec.dim, list(spec.hidden), device)
+    model.mediator_dropout = spec.mediator_dropout
+    return model
 
 
 def build_model(arch: str, name: str, manifest: Manifest, dim: int, hidden: list[int], device: torch.device) -> _Model:

@@ -38,7 +38,7 @@ import ray
 from distrec.config import Config, ModelConfig, RayConfig, check, to_dict, to_yaml
 from distrec.data.batch import BatchBuilder
 from distrec.data.schema import MANIFEST, SPLITS, Manifest
-from distrec.data.synth import synthesize
+from distrec.data.synth import SCM_VERSION, synthesize
 from distrec.data.validate import check_dataset
 from distrec.errors import ConfigError
 from distrec.eval.evaluate import activity_groups_of, ceilings, evaluate_exports
@@ -57,7 +57,8 @@ TRAINING = "training.json"
 def synthetic_dataset(config: Config) -> Path:
     """The embedded default dataset, generated once per parameter set under ``data.cache_dir``."""
     params = asdict(config.data.synth)
-    digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
+    keyed = {**params, "scm_version": SCM_VERSION}  # a changed SCM never reuses an older cache
+    digest = hashlib.sha1(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:8]
     root = Path(config.data.cache_dir) / f"synth-{params['rows']}-{digest}"
     if not (root / MANIFEST).is_file():
         log.info("generating the synthetic dataset (%d rows) at %s", params["rows"], root)
@@ -176,6 +177,12 @@ def check_confounders(config: Config, manifest: Manifest, root: Path) -> None:
             "has nothing to remove; import the log with --policy-col, --propensity-col, --position-col or "
             "--confounder-col (exposure columns, not user traits), or set crl.beta=0"
         )
+    unknown = sorted(set(config.crl.confounders) - set(manifest.confounders))
+    if config.crl.beta > 0 and unknown:
+        raise ConfigError(
+            f"crl.confounders names {unknown}, which {root / MANIFEST} does not have; its confounder columns "
+            f"are {sorted(manifest.confounders)}"
+        )
 
 
 def run(config: Config, resume: Path | None = None) -> Path:
@@ -251,7 +258,10 @@ def soft_labels(ctx: RunContext) -> ray.data.Dataset:
     teachers = {t.name: str(ctx.model_dir(t.name).resolve()) for t in config.teachers}
     train_files = [str(f.resolve()) for f in ctx.manifest.files(ctx.root, "train")]
     columns = BatchBuilder(ctx.manifest).columns
-    return soft_label_stream(train_files, columns, teachers, bank, config.distill.score_batch_size)
+    distill = config.distill
+    return soft_label_stream(
+        train_files, columns, teachers, bank, distill.score_batch_size, distill.mediator_samples, config.seed
+    )
 
 
 def score_soft_labels(ctx: RunContext) -> list[str]:

@@ -25,6 +25,13 @@ from distrec.data.batch import BatchBuilder
 from distrec.data.schema import Manifest
 from distrec.io import atomic_write_bytes
 
+# A scoring actor that dies (its node lost, OOM, a crash) is restarted with its teacher loaded again,
+# and the tasks it held are retried; a retried task's outputs take the places of those of the attempt
+# that died, so every row still gets exactly one soft label (tests/test_cluster.py kills a scorer
+# mid-stream and checks). Bounded, unlike Ray Data's default of forever: a scorer that dies on every
+# batch fails the run instead of looping.
+SCORER_MAX_RESTARTS = 3
+
 
 def front_door_column(teacher: str) -> str:
     return f"fd__{teacher}"
@@ -37,13 +44,15 @@ def conditional_column(teacher: str) -> str:
 class TeacherScorer:
     """Ray Data stage: adds one teacher's soft-label columns to each batch."""
 
-    def __init__(self, export_dir: str, bank_path: str) -> None:
+    def __init__(self, export_dir: str, bank_path: str, mediator_samples: int = 1, seed: int = 0) -> None:
         from distrec.train.export import load_export
 
         torch.set_num_threads(1)
         self.model, spec, manifest = load_export(export_dir)
         self.name = spec["name"]
         self.builder = BatchBuilder(manifest)
+        self.mediator_samples = mediator_samples
+        self.generator = torch.Generator().manual_seed(seed)  # the mediator draws, in batch order
         bank = pq.read_table(bank_path, columns=self.builder.columns)
         with torch.no_grad():
             self.bank_direct = self.model.encode(self.builder(bank)).direct
@@ -51,9 +60,13 @@ class TeacherScorer:
     def __call__(self, table: pa.Table) -> pa.Table:
         batch = self.builder(table)
         with torch.no_grad():
-            encoded = self.model.encode(batch)
-            fd = front_door_prob(self.model.head, self.bank_direct, encoded.mediator, encoded.item)
-            kd = conditional_prob(self.model.head, *encoded)
+            direct, mediator, item = self.model.encode(batch)
+            # sum_m P(m | x): the mean over mediator draws (one, the deterministic g(x), by default)
+            draws = [mediator]
+            if self.mediator_samples > 1:
+                draws = [self.model.sample_mediator(mediator, self.generator) for _ in range(self.mediator_samples)]
+            fd = torch.stack([front_door_prob(self.model.head, self.bank_direct, m, item) for m in draws]).mean(0)
+            kd = torch.stack([conditional_prob(self.model.head, direct, m, item) for m in draws]).mean(0)
         table = table.append_column(front_door_column(self.name), pa.array(fd.numpy().astype(np.float32)))
         return table.append_column(conditional_column(self.name), pa.array(kd.numpy().astype(np.float32)))
 
@@ -85,19 +98,29 @@ def soft_label_stream(
     teachers: dict[str, str],
     bank_path: Path,
     batch_size: int,
+    mediator_samples: int = 1,
+    seed: int = 0,
 ) -> ray.data.Dataset:
     """The lazily executed dataset the student trains on: logs plus every teacher's columns.
 
-    ``teachers`` maps each teacher's name to its export directory (on storage every node sees).
+    ``teachers`` maps each teacher's name to its export directory (on storage every node sees);
+    ``mediator_samples`` draws of each teacher's stochastic mediator are averaged per row.
     """
     ds = ray.data.read_parquet(train_files, columns=columns)
     for export_dir in teachers.values():
         ds = ds.map_batches(
             TeacherScorer,
-            fn_constructor_kwargs={"export_dir": export_dir, "bank_path": str(bank_path)},
+            fn_constructor_kwargs={
+                "export_dir": export_dir,
+                "bank_path": str(bank_path),
+                "mediator_samples": mediator_samples,
+                "seed": seed,
+            },
             batch_size=batch_size,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=1),
             num_cpus=1,
+            max_restarts=SCORER_MAX_RESTARTS,
+            max_task_retries=SCORER_MAX_RESTARTS,
         )
     return ds

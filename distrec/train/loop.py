@@ -20,7 +20,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +112,13 @@ def with_zero_columns(table: pa.Table, names: list[str]) -> pa.Table:
     return table
 
 
+def penalised(task: WorkerTask, manifest: Manifest) -> Manifest:
+    """``manifest`` with only the confounder columns CRL penalises (``crl.confounders``; empty: all):
+    what the batches carry as ``confounders`` and what the critic is sized for."""
+    names = task.crl.confounders if task.crl is not None and task.crl.confounders else list(manifest.confounders)
+    return replace(manifest, confounders={name: manifest.confounders[name] for name in names})
+
+
 def build_training(task: WorkerTask, manifest: Manifest, world: int, device: torch.device) -> Training:
     """Meta-device model -> fused sparse optimizer -> collective plan -> DMP -> combined optimizer."""
     from torchrec.distributed.model_parallel import DistributedModelParallel, get_default_sharders
@@ -127,7 +134,7 @@ def build_training(task: WorkerTask, manifest: Manifest, world: int, device: tor
 
     spec, train = task.model, task.train
     model = model_from_config(spec, manifest, torch.device("meta"))
-    objective = Objective(model, task.distill, task.crl, list(manifest.confounders.values()))
+    objective = Objective(model, task.distill, task.crl, list(penalised(task, manifest).confounders.values()))
     tables = [p for m in embedding_modules(model) for p in m.parameters()]
     apply_optimizer_in_backward(_sparse_optimizer(train.sparse_optimizer), tables, {"lr": train.sparse_lr})
 
@@ -180,7 +187,7 @@ class Worker:
         )
         self.control = dist.new_group(backend="gloo")  # CPU side channel (lockstep flags, DCP), also under nccl
 
-        self.builder = BatchBuilder(self.manifest, task.soft_label_columns)
+        self.builder = BatchBuilder(penalised(task, self.manifest), task.soft_label_columns)
         files = task.train_files or [str(f) for f in self.manifest.files(task.dataset, "train")]
         # one row of the train split: the shape of this rank's padding batches
         self.log_columns = [c for c in self.builder.columns if c not in task.soft_label_columns]
