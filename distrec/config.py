@@ -109,6 +109,9 @@ class DistillConfig:
     # Mediator samples m ~ P(m | x) per teacher and row (dropout masks on g(x); needs every teacher's
     # mediator_dropout > 0): the sum over m of the front-door formula, estimated by S samples per teacher
     mediator_samples: int = 1
+    # The scoring stage of each teacher: its actors and the CPUs (and torch threads) of each
+    scorers_per_teacher: int = 1
+    scorer_cpus: float = 1.0
 
 
 @dataclass
@@ -409,6 +412,8 @@ def check_causal(distill: DistillConfig, crl: CRLConfig, errors: Errors) -> None
     errors.at_least("distill.score_batch_size", distill.score_batch_size, 1)
     errors.at_least("distill.warmup_steps", distill.warmup_steps, 0)
     errors.at_least("distill.mediator_samples", distill.mediator_samples, 1)
+    errors.at_least("distill.scorers_per_teacher", distill.scorers_per_teacher, 1)
+    errors.at_least("distill.scorer_cpus", distill.scorer_cpus, 0, strict=True)
     if distill.loss == "bce" and distill.temperature != 1.0:
         errors.add(f"distill.temperature={distill.temperature} needs distill.loss=kl: the bce loss has no temperature")
     if distill.schedule == "linear_warmup" and distill.warmup_steps < 1:

@@ -8,6 +8,11 @@ head h_k; P(x') is a bank of N histories sampled from the training logs, whose `
 e_k(x'_n) each teacher encodes once. ``front_door_prob`` is the inner 1/N sum for one teacher,
 ``average_teachers`` the outer 1/K sum, and ``conditional_prob`` the plain-distillation target
 sigmoid(h_k(e_k(x), g_k(x), v_k(i))) that keeps the row's own x: the ablation without the x' sum.
+
+The generic path runs the whole head on all B x N pairs. A head whose first layer is linear in
+concat(e, m, v) splits exactly into W_e·e(x'_n) + (W_m·m + W_v·v + b): ``bank_head`` (a model's
+``bank_head(bank)``) holds the bank's share, computed once per scorer, and adds the row's share,
+computed once per row, so only the layers after the first run per pair.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from torch import Tensor
 
 Head = Callable[[Tensor, Tensor, Tensor], Tensor]
 """head(direct, mediator, item) -> logits; broadcasts over leading dims ([1,N,d], [B,1,d], [B,1,d] -> [B,N])."""
+BankHead = Callable[[Tensor, Tensor], Tensor]
+"""bank_head(mediator [B, d], item [B, d]) -> logits [B, N]: ``head`` against one fixed bank."""
 
 
 def front_door_prob(
@@ -28,11 +35,13 @@ def front_door_prob(
     mediator: Tensor,
     item: Tensor,
     chunk_rows: int = 256,
+    bank_head: BankHead | None = None,
 ) -> Tensor:
     """mean_n sigmoid(head(bank_direct[n], mediator[b], item[b])) for each row b: shape [B].
 
     Rows are scored ``chunk_rows`` at a time, so the head sees chunk_rows * N pairs per call and
-    peak memory is that times the head's widest activation.
+    peak memory is that times the head's widest activation. ``bank_head``, when given, must be
+    ``head`` split against this ``bank_direct`` (the exact fast path); it replaces the broadcast call.
     """
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
@@ -48,7 +57,7 @@ def front_door_prob(
     for start in range(0, mediator.shape[0], chunk_rows):
         m = mediator[start : start + chunk_rows].unsqueeze(1)
         v = item[start : start + chunk_rows].unsqueeze(1)
-        logits = head(bank, m, v)
+        logits = head(bank, m, v) if bank_head is None else bank_head(m.squeeze(1), v.squeeze(1))
         if logits.shape != (m.shape[0], num_bank):
             raise ValueError(
                 f"head returned shape {list(logits.shape)} for direct {list(bank.shape)}, mediator {list(m.shape)}; "

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torchrec.modules.mlp import MLP
 
+from distrec.causal.frontdoor import BankHead
 from distrec.config import ModelConfig
 from distrec.data.batch import Batch
 from distrec.data.schema import Manifest
@@ -45,6 +46,12 @@ class _Model(nn.Module):
     def head(self, direct: torch.Tensor, mediator: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def bank_head(self, bank: torch.Tensor) -> BankHead | None:
+        """``head`` against a fixed bank of direct parts [N, d], split so that the bank's share of the first
+        layer is computed here once: a function (mediator [B, d], item [B, d]) -> logits [B, N] equal to
+        ``head(bank[None], mediator[:, None], item[:, None])``. None where the head does not split."""
+        return None
+
     def forward(self, batch: Batch) -> torch.Tensor:
         return self.head(*self.encode(batch))
 
@@ -64,6 +71,19 @@ class DeepFM(_Model):
         fm = 0.5 * (fields.sum(-2).pow(2) - fields.pow(2).sum(-2)).sum(-1)
         flat = fields.flatten(-2)
         return (self.linear(flat) + self.out(self.deep(flat))).squeeze(-1) + fm
+
+    def bank_head(self, bank: torch.Tensor) -> BankHead:
+        dim = bank.shape[-1]
+        linear = _SplitLinear(self.linear, bank, [dim, dim])
+        first = _SplitLinear(_first_linear(self.deep), bank, [dim, dim])
+
+        def head(mediator: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+            # FM over (e, m, v) = <e, m + v> + <m, v>
+            fm = (mediator + item) @ bank.T + (mediator * item).sum(-1, keepdim=True)
+            deep = _after_first(self.deep, first(mediator, item))
+            return (linear(mediator, item) + self.out(deep)).squeeze(-1) + fm
+
+        return head
 
 
 class CrossLayer(nn.Module):
@@ -96,6 +116,22 @@ class DCN(_Model):
             x = layer(x0, x)
         return self.out(torch.cat([x, self.deep(x0)], dim=-1)).squeeze(-1) + preference(direct, mediator, item)
 
+    def bank_head(self, bank: torch.Tensor) -> BankHead:
+        dim = bank.shape[-1]
+        cross = _SplitLinear(self.cross[0].linear, bank, [dim, dim])
+        first = _SplitLinear(_first_linear(self.deep), bank, [dim, dim])
+
+        def head(mediator: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+            x0 = broadcast_cat(bank, mediator.unsqueeze(1), item.unsqueeze(1))
+            x = x0 * cross(mediator, item) + x0  # the first cross layer, its linear split
+            for layer in self.cross[1:]:
+                x = layer(x0, x)
+            deep = _after_first(self.deep, first(mediator, item))
+            interaction = item @ bank.T + (mediator * item).sum(-1, keepdim=True)  # preference(e, m, v)
+            return self.out(torch.cat([x, deep], dim=-1)).squeeze(-1) + interaction
+
+        return head
+
 
 class MLPRanker(_Model):
     """The student (and ``base``), NeuMF-shaped (He et al. 2017): Z = [MLP(direct, mediator, item),
@@ -120,6 +156,19 @@ class MLPRanker(_Model):
 
     def head(self, direct: torch.Tensor, mediator: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
         return self.out(self.represent(direct, mediator, item)).squeeze(-1)
+
+    def bank_head(self, bank: torch.Tensor) -> BankHead:
+        dim = bank.shape[-1]
+        first = _SplitLinear(_first_linear(self.body), bank, [dim, dim])
+        w_deep, w_product = self.out.weight.split([self.representation_dim - dim, dim], dim=1)
+
+        def head(mediator: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+            deep = _after_first(self.body, first(mediator, item))
+            weighted = item * w_product  # w . ((e + m) * v) = <e, w * v> + <m, w * v>
+            product = weighted @ bank.T + (weighted * mediator).sum(-1, keepdim=True)
+            return (deep @ w_deep.T).squeeze(-1) + product + self.out.bias
+
+        return head
 
     def logits_and_representation(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.represent(*self.encode(batch))
@@ -153,6 +202,16 @@ class DIN(_Model):
         deep = self.out(self.deep(broadcast_cat(direct, mediator, item, mediator * item))).squeeze(-1)
         return deep + preference(direct, mediator, item)
 
+    def bank_head(self, bank: torch.Tensor) -> BankHead:
+        dim = bank.shape[-1]
+        first = _SplitLinear(_first_linear(self.deep), bank, [dim, dim, dim])
+
+        def head(mediator: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+            deep = self.out(_after_first(self.deep, first(mediator, item, mediator * item))).squeeze(-1)
+            return deep + item @ bank.T + (mediator * item).sum(-1, keepdim=True)
+
+        return head
+
 
 class TwoTower(_Model):
     """A two-tower model: logit = <user tower, item tower> + b(item), with residual towers.
@@ -173,6 +232,41 @@ class TwoTower(_Model):
         user = direct + mediator + self.user_tower(broadcast_cat(direct, mediator))
         candidate = item + self.item_tower(item)
         return (user * candidate).sum(-1) + self.item_bias(item).squeeze(-1)
+
+    def bank_head(self, bank: torch.Tensor) -> BankHead:
+        mlp, last = self.user_tower
+        first = _SplitLinear(_first_linear(mlp), bank, [bank.shape[-1]])
+
+        def head(mediator: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+            correction = last(_after_first(mlp, first(mediator)))  # f(e, m): [B, N, d]
+            candidate = item + self.item_tower(item)
+            # <e + m + f, c> + b(v)
+            row = (mediator * candidate).sum(-1, keepdim=True) + self.item_bias(item)
+            return (correction * candidate.unsqueeze(1)).sum(-1) + candidate @ bank.T + row
+
+        return head
+
+
+class _SplitLinear:
+    """A Linear over concat(bank direct e, row parts...) as W_e·e + b (once, [N, out]) + sum_j W_j·r_j (per row)."""
+
+    def __init__(self, linear: nn.Linear, bank: torch.Tensor, row_widths: list[int]) -> None:
+        w_bank, *self.w_rows = linear.weight.split([bank.shape[-1], *row_widths], dim=1)
+        self.bank = bank @ w_bank.T + linear.bias
+
+    def __call__(self, *rows: torch.Tensor) -> torch.Tensor:
+        """[B, N, out] pre-activations for the rows' parts [B, width_j]."""
+        row = sum(r @ w.T for r, w in zip(rows, self.w_rows, strict=True))
+        return self.bank.unsqueeze(0) + row.unsqueeze(1)  # type: ignore[union-attr]
+
+
+def _first_linear(mlp: MLP) -> nn.Linear:
+    return mlp._mlp[0]._linear
+
+
+def _after_first(mlp: MLP, pre_activation: torch.Tensor) -> torch.Tensor:
+    """The rest of ``mlp`` from its first layer's pre-activation."""
+    return mlp._mlp[1:](mlp._mlp[0]._activation_fn(pre_activation))
 
 
 def _zero_linear(width_in: int, width_out: int) -> nn.Linear:

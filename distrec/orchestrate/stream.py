@@ -7,11 +7,15 @@ once, and appends two columns to every Arrow batch that flows through it:
     kd__<teacher>   plain conditional    sigmoid(h(e(x), g(x), v(i)))                 (the KD ablation)
 
 Ray Data's streaming executor runs the stages concurrently with the student's consumption and
-applies backpressure, so the soft labels are never materialised as a whole.
+applies backpressure, so the soft labels are never materialised as a whole. Each scorer splits its
+teacher's head against the bank once (``bank_head``), so a row pays only for the layers after the
+first per bank entry; ``distill.scorers_per_teacher`` actors of ``distill.scorer_cpus`` CPUs each
+serve one teacher.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +48,12 @@ def conditional_column(teacher: str) -> str:
 class TeacherScorer:
     """Ray Data stage: adds one teacher's soft-label columns to each batch."""
 
-    def __init__(self, export_dir: str, bank_path: str, mediator_samples: int = 1, seed: int = 0) -> None:
+    def __init__(
+        self, export_dir: str, bank_path: str, mediator_samples: int = 1, seed: int = 0, threads: int = 1
+    ) -> None:
         from distrec.train.export import load_export
 
-        torch.set_num_threads(1)
+        torch.set_num_threads(threads)
         self.model, spec, manifest = load_export(export_dir)
         self.name = spec["name"]
         self.builder = BatchBuilder(manifest)
@@ -56,6 +62,7 @@ class TeacherScorer:
         bank = pq.read_table(bank_path, columns=self.builder.columns)
         with torch.no_grad():
             self.bank_direct = self.model.encode(self.builder(bank)).direct
+            self.bank_head = self.model.bank_head(self.bank_direct)  # the bank's share, once
 
     def __call__(self, table: pa.Table) -> pa.Table:
         batch = self.builder(table)
@@ -65,7 +72,9 @@ class TeacherScorer:
             draws = [mediator]
             if self.mediator_samples > 1:
                 draws = [self.model.sample_mediator(mediator, self.generator) for _ in range(self.mediator_samples)]
-            fd = torch.stack([front_door_prob(self.model.head, self.bank_direct, m, item) for m in draws]).mean(0)
+            fd = torch.stack(
+                [front_door_prob(self.model.head, self.bank_direct, m, item, bank_head=self.bank_head) for m in draws]
+            ).mean(0)
             kd = torch.stack([conditional_prob(self.model.head, direct, m, item) for m in draws]).mean(0)
         table = table.append_column(front_door_column(self.name), pa.array(fd.numpy().astype(np.float32)))
         return table.append_column(conditional_column(self.name), pa.array(kd.numpy().astype(np.float32)))
@@ -92,6 +101,18 @@ def write_history_bank(manifest: Manifest, root: str, size: int, seed: int, out:
     return out
 
 
+def read_concurrency() -> int:
+    """Parquet read tasks at a time: the cluster's CPUs, but at most this machine's real cores per node.
+
+    The embedded Ray is told more CPUs than the machine has (``ray.num_cpus``), and Ray Data would
+    otherwise start a read task, with its own Arrow thread pools, per logical CPU whenever there are
+    more files than that. Nodes are assumed no larger than the driver's.
+    """
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return max(1, min(cpus, len(os.sched_getaffinity(0)) * max(nodes, 1)))
+
+
 def soft_label_stream(
     train_files: list[str],
     columns: list[str],
@@ -100,13 +121,16 @@ def soft_label_stream(
     batch_size: int,
     mediator_samples: int = 1,
     seed: int = 0,
+    scorers: int = 1,
+    scorer_cpus: float = 1.0,
 ) -> ray.data.Dataset:
     """The lazily executed dataset the student trains on: logs plus every teacher's columns.
 
     ``teachers`` maps each teacher's name to its export directory (on storage every node sees);
-    ``mediator_samples`` draws of each teacher's stochastic mediator are averaged per row.
+    ``mediator_samples`` draws of each teacher's stochastic mediator are averaged per row; each
+    teacher gets ``scorers`` actors of ``scorer_cpus`` CPUs (and as many torch threads, at least one).
     """
-    ds = ray.data.read_parquet(train_files, columns=columns)
+    ds = ray.data.read_parquet(train_files, columns=columns, concurrency=read_concurrency())
     for export_dir in teachers.values():
         ds = ds.map_batches(
             TeacherScorer,
@@ -115,11 +139,12 @@ def soft_label_stream(
                 "bank_path": str(bank_path),
                 "mediator_samples": mediator_samples,
                 "seed": seed,
+                "threads": max(1, int(scorer_cpus)),
             },
             batch_size=batch_size,
             batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=1),
-            num_cpus=1,
+            compute=ray.data.ActorPoolStrategy(size=scorers),
+            num_cpus=scorer_cpus,
             max_restarts=SCORER_MAX_RESTARTS,
             max_task_retries=SCORER_MAX_RESTARTS,
         )

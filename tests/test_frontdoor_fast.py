@@ -1,0 +1,90 @@
+"""The front-door fast path (a head split against a fixed bank, ``bank_head``) equals the generic
+broadcast path to float tolerance, for every architecture, through ``front_door_prob`` and the
+real ``TeacherScorer`` on an exported teacher."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from distrec.causal.frontdoor import front_door_prob
+from distrec.config import ModelConfig, load_config
+from distrec.data.batch import BatchBuilder
+from distrec.data.schema import Manifest
+from distrec.data.synth import synthesize
+from distrec.errors import ConfigError
+from distrec.models.architectures import ARCHITECTURES, model_from_config
+from distrec.orchestrate.stream import TeacherScorer, front_door_column, write_history_bank
+from distrec.train.export import export_spec, write_export
+
+torch.set_num_threads(1)
+
+DIM, HIDDEN = 8, [16, 12]  # two hidden layers: the layers after the split one run per pair
+
+
+def randomised(arch: str, manifest: Manifest, seed: int) -> torch.nn.Module:
+    """A model whose every dense weight is random (the zero-initialised tower read-outs included)."""
+    torch.manual_seed(seed)
+    model = model_from_config(
+        ModelConfig(name=arch, arch=arch, dim=DIM, hidden=list(HIDDEN)), manifest, torch.device("cpu")
+    )
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if not name.startswith("encoder"):
+                param.normal_(0.0, 0.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Manifest]:
+    root = tmp_path_factory.mktemp("fast") / "synth"
+    return root, synthesize(root, 1_200, users=50, items=30, days=3, history_len=5, seed=2)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_bank_head_equals_the_broadcast_head(arch: str, dataset: tuple[Path, Manifest]) -> None:
+    model = randomised(arch, dataset[1], seed=4)
+    gen = torch.Generator().manual_seed(7)
+    bank, mediator, item = (torch.randn(n, DIM, generator=gen) for n in (9, 13, 13))
+    with torch.no_grad():
+        bank_head = model.bank_head(bank)
+        assert bank_head is not None, f"{arch} has no split head"
+        pairs = model.head(bank.unsqueeze(0), mediator.unsqueeze(1), item.unsqueeze(1))
+        torch.testing.assert_close(bank_head(mediator, item), pairs, rtol=1e-5, atol=1e-5)
+        generic = front_door_prob(model.head, bank, mediator, item, chunk_rows=4)
+        fast = front_door_prob(model.head, bank, mediator, item, chunk_rows=4, bank_head=bank_head)
+    torch.testing.assert_close(fast, generic, rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(generic, torch.full_like(generic, float(generic.mean())))  # rows differ
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_teacher_scorer_fast_path_equals_the_generic_path(
+    arch: str, dataset: tuple[Path, Manifest], tmp_path: Path
+) -> None:
+    """The scorer a stream uses, on real logs and a real bank: the same front-door column either way."""
+    root, manifest = dataset
+    model = randomised(arch, manifest, seed=5)
+    spec = ModelConfig(name=arch, arch=arch, dim=DIM, hidden=list(HIDDEN))
+    write_export(tmp_path / "teacher", export_spec(spec), manifest, model.state_dict())
+    bank = write_history_bank(manifest, str(root), 16, seed=1, out=tmp_path / "bank.parquet")
+    rows = pq.read_table(manifest.files(root, "train")[0], columns=BatchBuilder(manifest).columns).slice(0, 300)
+
+    scorer = TeacherScorer(str(tmp_path / "teacher"), str(bank))
+    fast = scorer(rows).column(front_door_column(arch)).to_numpy()
+    scorer.bank_head = None  # the generic broadcast path
+    generic = scorer(rows).column(front_door_column(arch)).to_numpy()
+    np.testing.assert_allclose(fast, generic, rtol=1e-5, atol=1e-6)
+    assert np.isfinite(fast).all() and fast.std() > 0
+
+
+def test_scorer_pool_keys_are_validated_together() -> None:
+    config = load_config(None, ["distill.scorers_per_teacher=3", "distill.scorer_cpus=0.5"])
+    assert (config.distill.scorers_per_teacher, config.distill.scorer_cpus) == (3, 0.5)
+    with pytest.raises(ConfigError) as error:
+        load_config(None, ["distill.scorers_per_teacher=0", "distill.scorer_cpus=0"])
+    assert "distill.scorers_per_teacher must be >= 1, got 0" in str(error.value)
+    assert "distill.scorer_cpus must be > 0, got 0" in str(error.value)
