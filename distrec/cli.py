@@ -42,12 +42,19 @@ _IMPORT_FLAGS = {
     "sparse_col": "sparse_cols",
     "position_col": "position_col",
     "derive_confounders": "derive_confounders",
+    "headroom": "headroom",
 }
 
 
 def _data_import(args: argparse.Namespace) -> None:
     from distrec.data.presets import import_preset
+    from distrec.errors import ConfigError
 
+    if args.append:
+        _data_append(args)
+        return
+    if args.new_ids is not None:
+        raise ConfigError("--new-ids applies to --append only (at import, size the tables with --headroom)")
     explicit = {arg: getattr(args, flag) for flag, arg in _IMPORT_FLAGS.items() if getattr(args, flag) is not None}
     manifest = import_preset(args.preset, args.interactions, args.out, overwrite=args.overwrite, **explicit)
     card = manifest.cardinality
@@ -183,6 +190,26 @@ def _data_days(args: argparse.Namespace) -> None:
     print(f"{args.out}: {len(manifest.source['days'])} days, {sum(manifest.rows.values())} rows {manifest.rows}")
 
 
+def _data_append(args: argparse.Namespace) -> None:
+    from distrec.data.importer import append_interactions
+    from distrec.errors import ConfigError
+
+    given = [flag for flag in ("preset", *_IMPORT_FLAGS) if getattr(args, flag) is not None]
+    if given or args.overwrite:
+        names = ["--no-derived-confounders" if f == "derive_confounders" else "--" + f.replace("_", "-") for f in given]
+        raise ConfigError(
+            f"--append reads the columns and settings of {args.out} from its manifest: drop "
+            f"{', '.join(names + (['--overwrite'] if args.overwrite else []))}"
+        )
+    manifest = append_interactions(Path(args.interactions), Path(args.out), new_ids=args.new_ids or "index")
+    appended = manifest.source["appends"][-1]
+    card = manifest.cardinality
+    print(
+        f"{args.out}: appended {appended['days']} (unseen ids {appended['unseen_ids']}, {appended['new_ids']}); "
+        f"now {sum(manifest.rows.values())} rows, {card['user_id']} users, {card['item_id']} items"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distrec", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -263,7 +290,25 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--valid-fraction", type=float, help="latest logged rows (per user) before test_id [0.1]")
     imp.add_argument("--test-fraction", type=float, help="latest logged rows (per user), the test_id split [0.1]")
     imp.add_argument("--name", help="dataset name in the manifest [the file's stem]")
+    imp.add_argument(
+        "--headroom",
+        type=float,
+        help="embedding-table rows per id of the user, item and sparse features, room for ids that appends "
+        "bring (e.g. 2) [none: the tables hold the imported ids only]",
+    )
     imp.add_argument("--overwrite", action="store_true")
+    imp.add_argument(
+        "--append",
+        action="store_true",
+        help="add the new days of --interactions to the dataset at --out (columns and settings from its "
+        "manifest); known raw ids keep their indices; atomic",
+    )
+    imp.add_argument(  # choices spelled out: distrec.data.importer.NEW_IDS
+        "--new-ids",
+        choices=["index", "hash"],
+        help="with --append: give unseen ids the next indices, within the tables' headroom, or hash them onto "
+        "known indices [index]",
+    )
     imp.set_defaults(func=_data_import)
 
     run = sub.add_parser("run", help="train teachers, stream soft labels, train the student, evaluate")

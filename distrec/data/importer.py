@@ -41,6 +41,13 @@ Conventions (see :func:`import_interactions`):
   holds the row itself, a later row or a row of the same second.
 * a split without rows (e.g. test_ood of a log without random exposures and no ``--ood``) is left
   out of the manifest's ``splits`` and ``rows`` and gets no directory: readers check membership.
+* ``manifest.source["days"]`` is ``{YYYY-MM-DD: {split: rows}}`` of every partition (a month's under its
+  first day), so an imported dataset is a day store the nightly reads (:mod:`distrec.data.days`).
+* ``headroom`` sizes the user, item and sparse-feature tables at ``ceil(headroom * cardinality)`` rows
+  (``SparseFeature.table_rows``), leaving room for the ids later appends bring.
+* :func:`append_interactions` (``distrec data import --append``) adds new days to an imported dataset:
+  known raw ids keep their indices, new ones get the next indices (within the tables' headroom) or
+  are hashed onto known ones (``new_ids="hash"``); see its docstring.
 * ``prepare`` (used by :mod:`distrec.data.presets`) may derive columns from the raw tables before any
   check, e.g. a user id built from user features; its notes go to the manifest.
 * derived confounders (``derive_confounders=True``, the default; see :func:`exposure_confounders`): the
@@ -59,9 +66,15 @@ Conventions (see :func:`import_interactions`):
 from __future__ import annotations
 
 import codecs
+import hashlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +89,7 @@ from distrec.data.schema import (
     IS_RANDOM,
     ITEM,
     LABEL,
+    MANIFEST,
     POLICY,
     PROPENSITY,
     SPLITS,
@@ -99,6 +113,7 @@ RANDOM_POLICY = "random"
 WRITE_ROWS = 1_000_000  # rows per Parquet write; bounds the history lists built at once
 PARTITIONS = {"day": "datetime64[D]", "month": "datetime64[M]"}  # partition granularity -> numpy unit
 SPLIT_MODES = ("global-time", "per-user-time")  # how logged rows are cut into train / valid / test_id
+NEW_IDS = ("index", "hash")  # what an append does with raw ids the dataset has not seen
 BINS = 5  # quantile bins of bucketed confounders (propensity here, popularity in the MovieLens preset)
 CONF_POLICY = "conf_policy"
 CONF_POSITION = "conf_position"
@@ -620,6 +635,7 @@ def import_interactions(
     prepare: Prepare | None = None,
     notes: Mapping[str, object] | None = None,
     derive_confounders: bool = True,
+    headroom: float | None = None,
     overwrite: bool = False,
 ) -> Manifest:
     """Import ``interactions`` (and optionally an ``ood`` log with the same columns) as a dataset at ``out``.
@@ -633,9 +649,10 @@ def import_interactions(
     ``user_col="userId", item_col="movieId", label_col="rating", label_threshold=4.0``
     (``distrec.data.presets`` has it and Open Bandit ready-made). ``partition`` is ``"day"`` or
     ``"month"``; ``prepare`` derives columns from the raw tables first; ``notes`` are added to
-    ``manifest.source``. Unless ``derive_confounders`` is false, ``policy_col``, ``position_col`` (the
-    exposure's slot) and ``propensity_col`` also give the confounders ``conf_policy``, ``conf_position``
-    and ``conf_propensity`` (see the module docstring and :func:`exposure_confounders`). Bad input raises
+    ``manifest.source``; ``headroom`` sizes the id tables for appends (module docstring). Unless
+    ``derive_confounders`` is false, ``policy_col``, ``position_col`` (the exposure's slot) and
+    ``propensity_col`` also give the confounders ``conf_policy``, ``conf_position`` and
+    ``conf_propensity`` (see the module docstring and :func:`exposure_confounders`). Bad input raises
     :class:`DataError` naming the file, column and count, and leaves no output.
     """
     interactions, out = Path(interactions), Path(out)
@@ -653,6 +670,8 @@ def import_interactions(
         raise ConfigError(f"history_len must be >= 0, not {history_len}")
     if partition not in PARTITIONS:
         raise ConfigError(f"partition {partition!r}: expected one of {sorted(PARTITIONS)}")
+    if headroom is not None and not headroom >= 1.0:  # also rejects NaN
+        raise ConfigError(f"headroom must be >= 1 (table rows per id), not {headroom}")
     cols = _Columns(
         user_col, item_col, label_col, time_col, policy_col, propensity_col, random_col, position_col, categorical
     )
@@ -711,13 +730,19 @@ def import_interactions(
         history = history_index(user, ts, item, columns[LABEL] == 1, history_len)
 
         sides = dict(sparse_sides or {})
+
+        def rows_for(n: int) -> int | None:
+            return math.ceil(headroom * n) if headroom is not None else None
+
         manifest = Manifest(
             name=name or interactions.stem,
             sparse=[
-                SparseFeature(USER, len(vocab[USER]), "user"),
-                SparseFeature(ITEM, len(vocab[ITEM]), "item"),
+                SparseFeature(USER, len(vocab[USER]), "user", rows_for(len(vocab[USER]))),
+                SparseFeature(ITEM, len(vocab[ITEM]), "item", rows_for(len(vocab[ITEM]))),
                 *(
-                    SparseFeature(c, len(vocab[c]), sides.get(c) or _infer_side(columns[c], user, item))
+                    SparseFeature(
+                        c, len(vocab[c]), sides.get(c) or _infer_side(columns[c], user, item), rows_for(len(vocab[c]))
+                    )
                     for c in sparse_cols
                 ),
             ],
@@ -752,9 +777,259 @@ def import_interactions(
             },
         )
         _write_splits(tmp, out, manifest, columns, assigned, history, partition)
-        (tmp / "vocab").mkdir()
-        for feature, values in vocab.items():
-            vocab_table = pa.table({"raw": values, "index": np.arange(len(values), dtype=np.int64)})
-            pq.write_table(vocab_table, tmp / "vocab" / f"{feature}.parquet")
+        manifest.source["days"] = partition_rows(tmp, manifest)
+        _write_vocab(tmp, vocab)
         manifest.write(tmp)
     return manifest
+
+
+def partition_rows(root: Path, manifest: Manifest) -> dict[str, dict[str, int]]:
+    """``{YYYY-MM-DD: {split: rows}}`` of a dataset's partitions, from its Parquet footers."""
+    days: dict[str, dict[str, int]] = {}
+    for split, parts in manifest.splits.items():
+        for ds in parts:
+            rows = sum(pq.ParquetFile(f).metadata.num_rows for f in sorted((root / split / ds).glob("*.parquet")))
+            days.setdefault(ds.removeprefix("ds="), {})[split] = rows
+    return {
+        day: dict(sorted(counts.items(), key=lambda kv: SPLITS.index(kv[0]))) for day, counts in sorted(days.items())
+    }
+
+
+def _write_vocab(root: Path, vocab: Mapping[str, pa.Array]) -> None:
+    """``root/vocab/<feature>.parquet`` (``raw``, ``index``) for each feature, as new files."""
+    directory = root / "vocab"
+    shutil.rmtree(directory, ignore_errors=True)  # in an append's copy: drop the links, never write through them
+    directory.mkdir()
+    for feature, values in vocab.items():
+        vocab_table = pa.table({"raw": values, "index": np.arange(len(values), dtype=np.int64)})
+        pq.write_table(vocab_table, directory / f"{feature}.parquet")
+
+
+# ---------------------------------------------------------------------------------------------- appends
+
+
+@contextmanager
+def _extending(dataset: Path) -> Iterator[Path]:
+    """A sibling copy of ``dataset`` made of hard links (copies where the file system has none), put in
+    its place only when the block succeeds: until then the dataset is untouched, and readers holding
+    its files keep them. Files of the copy must be replaced (new files, ``os.replace``), never
+    rewritten in place: a write would go through the link into the dataset."""
+
+    def link(source: str, target: str) -> None:
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copy2(source, target)
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dataset.name}.append-", dir=dataset.parent))
+    try:
+        shutil.copytree(dataset, tmp, copy_function=link, dirs_exist_ok=True)
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    tmp.chmod(0o755)  # mkdtemp creates 0700
+    aside = tmp.with_name(f".{dataset.name}.replaced-{tmp.name.rsplit('-', 1)[-1]}")
+    os.replace(dataset, aside)  # two renames: the dataset is missing only between them, never partial
+    os.replace(tmp, dataset)
+    shutil.rmtree(aside)
+
+
+def _stable_hash(value: object, buckets: int) -> int:
+    """A bucket of a raw id that is the same in every process and run (Python's ``hash`` is salted)."""
+    return int.from_bytes(hashlib.blake2b(repr(value).encode(), digest_size=8).digest(), "little") % buckets
+
+
+def _as_vocab_type(path: Path, column: str, values: pa.ChunkedArray, vocab: pa.Array) -> pa.Array:
+    try:
+        return values.combine_chunks().cast(vocab.type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise DataError(
+            f"{path}: column {column!r}: {values.type} values do not convert to the dataset's ids ({vocab.type}): {exc}"
+        ) from exc
+
+
+def _extend_ids(
+    path: Path, column: str, feature: SparseFeature, values: pa.ChunkedArray, vocab: pa.Array, new_ids: str
+) -> tuple[np.ndarray, pa.Array, int]:
+    """``(indices, vocabulary, unseen ids)`` of an appended column: known raw ids keep their indices;
+    unseen ones (in sorted order) get the next indices, within the table's rows, or are hashed onto the
+    indices there are (``new_ids="hash"``; the vocabulary does not grow)."""
+    values = _as_vocab_type(path, column, values, vocab)
+    index = pc.index_in(values, value_set=vocab)
+    unseen_rows = np.asarray(pc.is_null(index))
+    codes = index.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    unseen = _vocab(values.filter(pa.array(unseen_rows)))
+    if len(unseen) == 0:
+        return codes, vocab, 0
+    if new_ids == "hash":
+        lookup = np.array([_stable_hash(v, feature.cardinality) for v in unseen.to_pylist()], dtype=np.int64)
+    else:
+        total = len(vocab) + len(unseen)
+        if total > feature.rows:
+            room = "no headroom" if feature.rows == feature.cardinality else f"{feature.rows} rows"
+            raise DataError(
+                f"{path}: column {column!r}: {len(unseen)} new {feature.name} ids would make {total} ids, more than "
+                f"its embedding table holds ({room}; manifest table_rows): re-import with a larger --headroom, "
+                f"or append with --new-ids hash"
+            )
+        lookup = np.arange(len(vocab), total, dtype=np.int64)
+        vocab = pa.concat_arrays([vocab, unseen])
+    codes[unseen_rows] = lookup[pc.index_in(values.filter(pa.array(unseen_rows)), value_set=unseen).to_numpy()]
+    return codes, vocab, len(unseen)
+
+
+def _known_codes(path: Path, column: str, values: pa.ChunkedArray, vocab: pa.Array) -> np.ndarray:
+    """Codes of a confounder column: its categories are fixed at import, so an unseen value is an error."""
+    values = _as_vocab_type(path, column, values, vocab)
+    index = pc.index_in(values, value_set=vocab)
+    if n := index.null_count:
+        shown = pc.unique(values.filter(pc.is_null(index))).to_pylist()[:5]
+        raise DataError(
+            f"{path}: column {column!r}: {n} rows with values the dataset has not seen (e.g. {shown}); "
+            f"a confounder's categories are fixed at import"
+        )
+    return index.to_numpy().astype(np.int64)
+
+
+def _existing_rows(dataset: Path, manifest: Manifest, users: np.ndarray) -> dict[str, np.ndarray]:
+    """The user, item, time and label of the dataset's rows of ``users``: the histories' past."""
+    parts = [
+        pq.read_table(f, columns=[USER, ITEM, TS, LABEL])
+        for split in manifest.splits
+        for f in manifest.files(dataset, split)
+    ]
+    table = pa.concat_tables(parts)
+    keep = np.isin(table.column(USER).to_numpy(), users)
+    return {c: table.column(c).to_numpy()[keep] for c in (USER, ITEM, TS, LABEL)}
+
+
+def append_interactions(interactions: Path, dataset: Path, *, new_ids: str = "index") -> Manifest:
+    """Add the new days of ``interactions`` (CSV or Parquet, the columns of the first import) to ``dataset``.
+
+    The columns, label threshold, time unit, partitioning and valid fraction are the dataset's own
+    (``manifest.source``). Known raw ids keep their indices. New user, item and sparse-feature ids get
+    the next indices as long as the embedding table has rows for them (``table_rows``: import with
+    ``headroom``; beyond it the append is refused), or with ``new_ids="hash"`` are hashed onto known
+    indices (tables and vocabularies unchanged). Confounder categories are fixed at import. Rows flagged
+    random are test_ood; of each day's other rows the latest ``valid_fraction`` are valid and the rest
+    train (a day store's layout: the nightly holds out whole days). Histories continue from the
+    dataset's rows. The log's days must all be new. The manifest gains the days and their rows
+    (``source["days"]``) and a record of the append (``source["appends"]``). The append is atomic: the
+    new dataset is built beside the old one (hard links) and renamed over it; bad input raises
+    :class:`DataError` naming the file, column and count, and leaves the dataset as it was.
+    """
+    interactions, dataset = Path(interactions), Path(dataset)
+    if new_ids not in NEW_IDS:
+        raise ConfigError(f"new_ids {new_ids!r}: expected one of {list(NEW_IDS)}")
+    manifest = Manifest.read(dataset)
+    source = dict(manifest.source)
+    where = dataset / MANIFEST
+    if source.get("importer") != "distrec.data.importer":
+        raise DataError(f"{where}: not written by `distrec data import`; --append extends imported datasets only")
+    if source.get("prepared"):
+        raise DataError(
+            f"{where}: imported with a preset's preparation ({source.get('preset')}), which --append does not repeat"
+        )
+    derived: dict[str, str] = dict(source.get("derived_confounders") or {})
+    sparse = {s.name: s for s in manifest.sparse}
+    extra_sparse = tuple(n for n in sparse if n not in (USER, ITEM))
+    explicit = tuple(c for c in manifest.confounders if c not in derived)
+    raw: dict[str, str | None] = source["columns"]
+    cols = _Columns(
+        *(raw[k] for k in ("user", "item", "label", "time")),
+        *(raw.get(k) for k in ("policy", "propensity", "random", "position")),
+        (*extra_sparse, *explicit),
+    )
+    threshold, time_unit = source.get("label_threshold"), str(source.get("time_unit", "s"))
+    log = _load(interactions, read_table(interactions), cols, threshold, time_unit)
+
+    partition = str(source.get("partition", "day"))
+    periods = partition_periods(log.ts, partition)
+    present = {ds for parts in manifest.splits.values() for ds in parts}
+    if again := sorted({period_partition(p) for p in np.unique(periods)} & present):
+        n = int(np.isin([period_partition(p) for p in periods], again).sum())
+        raise DataError(
+            f"{interactions}: column {cols.time!r}: {n} rows fall in {again}, already in {dataset}: "
+            f"an append adds new days only"
+        )
+
+    vocab = {f: pq.read_table(dataset / rel).column("raw").combine_chunks() for f, rel in source["vocab"].items()}
+    columns: dict[str, np.ndarray | pa.Array] = {}
+    unseen: dict[str, int] = {}
+    for name, column, values in (
+        (USER, cols.user, log.user),
+        (ITEM, cols.item, log.item),
+        *((c, c, log.categorical[c]) for c in extra_sparse),
+    ):
+        columns[name], vocab[name], unseen[name] = _extend_ids(
+            interactions, column, sparse[name], values, vocab[name], new_ids
+        )
+    for c in explicit:
+        columns[c] = _known_codes(interactions, c, log.categorical[c], vocab[c])
+    for name in derived:
+        if name == CONF_PROPENSITY:
+            p = log.propensity.combine_chunks().cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+            codes = bucketize(p, np.asarray(source["propensity_edges"])).fill_null(BINS).to_numpy(zero_copy_only=False)
+            if n := int(np.count_nonzero(codes >= manifest.confounders[name])):
+                raise DataError(
+                    f"{interactions}: column {cols.propensity!r}: {n} null propensities; the import had none"
+                )
+            columns[name] = codes.astype(np.int64)
+        else:
+            column = cols.policy if name == CONF_POLICY else cols.position
+            values = log.policy if name == CONF_POLICY else log.position
+            columns[name] = _known_codes(interactions, str(column), values, vocab[name])
+    columns |= {
+        LABEL: log.label,
+        TS: log.ts,
+        POLICY: log.policy.combine_chunks(),
+        PROPENSITY: log.propensity.combine_chunks(),
+        IS_RANDOM: log.is_random,
+    }
+
+    day_code = periods.astype("datetime64[D]").astype(np.int64)
+    if not (np.unique(day_code[~log.is_random], return_counts=True)[1] >= 2).any():
+        raise DataError(f"{interactions}: no day has the 2 non-random rows needed to fill train and valid")
+    valid_fraction = float(source.get("valid_fraction", 0.1))
+    assigned, _ = _assign_splits_per_user(interactions, day_code, log.ts, log.is_random, valid_fraction, 0.0)
+    past = _existing_rows(dataset, manifest, np.unique(columns[USER]))
+    n_past = len(past[TS])
+    positives, starts, lengths = history_index(
+        np.concatenate([past[USER], columns[USER]]),
+        np.concatenate([past[TS], log.ts]),
+        np.concatenate([past[ITEM], columns[ITEM]]),
+        np.concatenate([past[LABEL], log.label]) == 1,
+        manifest.history_max_len,
+    )
+
+    grown = replace(
+        manifest,
+        sparse=[replace(s, cardinality=len(vocab[s.name])) if s.name in unseen else s for s in manifest.sparse],
+    )
+    day = replace(grown, splits={}, rows={})  # the appended partitions alone
+    with _extending(dataset) as tmp:
+        _write_splits(tmp, dataset, day, columns, assigned, (positives, starts[n_past:], lengths[n_past:]), partition)
+        added = partition_rows(tmp, day)
+        days = source.get("days") or partition_rows(dataset, manifest)  # datasets imported before days were kept
+        source["days"] = dict(sorted({**days, **added}.items()))
+        source["appends"] = [
+            *source.get("appends", []),
+            {
+                "interactions": str(interactions),
+                "days": added,
+                "new_ids": new_ids,
+                "unseen_ids": unseen,
+            },
+        ]
+        splits = {s: sorted({*grown.splits.get(s, []), *day.splits.get(s, [])}) for s in SPLITS}
+        merged = replace(
+            grown,
+            splits={s: parts for s, parts in splits.items() if parts},
+            rows={s: grown.rows.get(s, 0) + day.rows.get(s, 0) for s in SPLITS if splits[s]},
+            source=source,
+        )
+        _write_vocab(tmp, vocab)
+        merged.write(tmp)
+    logger.info("%s: appended %s from %s; unseen ids %s (%s)", dataset, added, interactions, unseen, new_ids)
+    return merged
