@@ -82,9 +82,12 @@ def _run(args: argparse.Namespace) -> None:
         config = load_config(args.config, args.overrides)
     if config.ray.address is None:
         bind_local_ray_to_loopback()
+    from distrec.console import Console
     from distrec.orchestrate.pipeline import run
 
-    run_dir = run(config, resume=resume)
+    console = Console(verbose=args.verbose)
+    run_dir = run(config, resume=resume, console=console)
+    console.summary(run_dir)
     if config.registry.log_runs:
         from distrec.nightly.registry import Registry
 

@@ -27,7 +27,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 import ray
 
 from distrec.config import Config, ModelConfig, RayConfig, check, to_dict, to_yaml
+from distrec.console import Console, ProgressBoard, copy_ray_logs
 from distrec.data.batch import BatchBuilder
 from distrec.data.schema import MANIFEST, SPLITS, Manifest
 from distrec.data.synth import SCM_VERSION, synthesize
@@ -73,23 +74,33 @@ def prepare_dataset(config: Config) -> Path:
 
 
 @contextmanager
-def ray_session(settings: RayConfig) -> Iterator[None]:
-    """Connect to a cluster, or start an embedded local Ray (on 127.0.0.1: see ``distrec.loopback``)."""
+def ray_session(settings: RayConfig, log_dir: Path | None = None) -> Iterator[None]:
+    """Connect to a cluster, or start an embedded local Ray (on 127.0.0.1: see ``distrec.loopback``).
+
+    With ``log_dir`` the workers' output stays off the driver's console (``log_to_driver=False``) and an
+    embedded session's logs are copied into ``log_dir/ray`` before it shuts down.
+    """
     if ray.is_initialized():
         yield
         return
     if settings.address:
-        ray.init(address=settings.address)
+        ray.init(address=settings.address, log_to_driver=log_dir is None)
     else:
         ray.init(
             num_cpus=settings.num_cpus,
             include_dashboard=False,
-            runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
+            log_to_driver=log_dir is None,
+            runtime_env={
+                "env_vars": {"OMP_NUM_THREADS": "1"},
+                "worker_process_setup_hook": "distrec.console.quiet_ray_worker",
+            },
         )
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         yield
     finally:
+        if log_dir is not None and not settings.address:
+            copy_ray_logs(log_dir)
         ray.shutdown()
 
 
@@ -105,6 +116,12 @@ class RunContext:
     run_dir: Path  # the .partial directory
     root: Path
     manifest: Manifest
+    console: Console | None = None
+    progress: Any = None  # the console's ProgressBoard actor, passed to every model's workers
+
+    def stage(self, name: str, models: list[str] | None = None) -> None:
+        if self.console is not None:
+            self.console.stage(name, models or [])
 
     @property
     def storage(self) -> str:
@@ -117,7 +134,9 @@ class RunContext:
         return (self.model_dir(name) / TRAINING).is_file()
 
     def task(self, model: ModelConfig, seed: int, **extra: Any) -> WorkerTask:
-        return WorkerTask(model=model, train=self.config.train, dataset=str(self.root.resolve()), seed=seed, **extra)
+        dataset = str(self.root.resolve())
+        train = self.config.train
+        return WorkerTask(model=model, train=train, dataset=dataset, seed=seed, progress=self.progress, **extra)
 
 
 def open_run(config: Config, resume: Path | None = None) -> RunContext:
@@ -185,15 +204,26 @@ def check_confounders(config: Config, manifest: Manifest, root: Path) -> None:
         )
 
 
-def run(config: Config, resume: Path | None = None) -> Path:
-    """Run (or continue) the whole pipeline; returns the finished run directory."""
+def run(config: Config, resume: Path | None = None, console: Console | None = None) -> Path:
+    """Run (or continue) the whole pipeline; returns the finished run directory.
+
+    A ``console`` shows the stages and every model's progress, with the libraries' output in RUN_DIR/logs.
+    """
     started = time.perf_counter()
     ctx = open_run(config, resume)
-    with ray_session(ctx.config.ray):
-        train_teachers(ctx)
-        train_students(ctx)
-        metrics = evaluate(ctx)
-    return write_run_report(ctx, metrics, time.perf_counter() - started)
+    ctx.console = console
+    logs = ctx.run_dir / "logs"
+    quiet = console is not None and not console.verbose
+    with console.session(logs) if console else nullcontext():
+        with ray_session(ctx.config.ray, logs if quiet else None):  # Ray's logs are copied as it ends
+            if console is not None:
+                ctx.progress = ray.remote(num_cpus=0)(ProgressBoard).remote()
+                console.attach(ctx.progress)
+            train_teachers(ctx)
+            train_students(ctx)
+            metrics = evaluate(ctx)
+        ctx.stage("report")
+        return write_run_report(ctx, metrics, time.perf_counter() - started)
 
 
 def _keep(ctx: RunContext, trained: TrainedModel) -> None:
@@ -216,6 +246,7 @@ def train_teachers(ctx: RunContext) -> None:
     models.append((ctx.task(base, config.seed), None))
     todo = [(task, ds) for task, ds in models if not ctx.done(task.model.name)]
     if todo:
+        ctx.stage("teachers and base", [t.model.name for t, _ in todo])
         log.info("training %s concurrently", ", ".join(t.model.name for t, _ in todo))
         for trained in fit_concurrently(todo, ctx.storage).values():
             _keep(ctx, trained)
@@ -240,10 +271,12 @@ def train_students(ctx: RunContext) -> None:
         # read through the same ShardReader as base: every variant sees the same rows in the same
         # order, so variants that differ only in their loss differ only because of it.
         precomputed = score_soft_labels(ctx)
+        ctx.stage("students", [m.name for m, _ in todo])
         jobs = [(ctx.task(m, config.seed, train_files=precomputed, **kw), None) for m, kw in todo]
         for trained in fit_concurrently(jobs, ctx.storage).values():
             _keep(ctx, trained)
     else:
+        ctx.stage("student on the streamed soft labels", [students[-1][0].name])
         log.info("training the student on the streamed soft labels")
         model_config, extra = students[-1]
         _keep(ctx, fit(ctx.task(model_config, config.seed, **extra), ctx.storage, soft_labels(ctx)))
@@ -276,6 +309,7 @@ def score_soft_labels(ctx: RunContext) -> list[str]:
     """Stage: the stream written once to ``soft_labels/`` in the train split's row order; its files."""
     soft_dir = ctx.run_dir / "soft_labels"
     if not soft_dir.is_dir():
+        ctx.stage("scoring soft labels")
         log.info("scoring soft labels once into %s", soft_dir)
         ray.data.DataContext.get_current().execution_options.preserve_order = True
         partial = soft_dir.with_name("soft_labels.partial")
@@ -285,10 +319,14 @@ def score_soft_labels(ctx: RunContext) -> list[str]:
         # per-task ids, so their sorted names need not follow the row order.
         writer: pq.ParquetWriter | None = None
         stream = soft_labels(ctx).iter_batches(batch_size=ctx.config.distill.score_batch_size, batch_format="pyarrow")
+        scored, total = 0, ctx.manifest.rows.get("train") or 0
         for table in stream:
             if writer is None:
                 writer = pq.ParquetWriter(partial / "part-00000.parquet", table.schema)
             writer.write_table(table)
+            scored += table.num_rows
+            if ctx.console is not None:
+                ctx.console.advance(f"{scored:,} of {total:,} train rows")
         if writer is not None:
             writer.close()
         os.replace(partial, soft_dir)
@@ -306,6 +344,7 @@ def evaluate(ctx: RunContext) -> dict[str, Any]:
     if path.is_file():
         return json.loads(path.read_text())
     names = model_names(ctx.config)
+    ctx.stage("evaluation")
     log.info("evaluating %d models", len(names))
     exports = {name: ctx.model_dir(name) for name in names}
     metrics, peers = evaluate_exports(

@@ -134,7 +134,8 @@ def _submit_entrypoint(
     client = _connect(address, token_env)
     status = _status_or_none(client, submission_id)
     if status is None:
-        runtime_env = {"working_dir": str(Path(working_dir).resolve()), "excludes": list(WORKING_DIR_EXCLUDES)}
+        excludes = [*WORKING_DIR_EXCLUDES, *_token_file_excludes(Path(working_dir), token_env)]
+        runtime_env = {"working_dir": str(Path(working_dir).resolve()), "excludes": excludes}
         try:
             client.submit_job(
                 entrypoint=entrypoint,
@@ -194,6 +195,16 @@ def _find_token(token_env: str) -> tuple[str | None, str | None]:
         if path and (file := Path(path).expanduser()).is_file() and (value := file.read_text().strip()):
             return value, str(file)
     return None, None
+
+
+def _token_file_excludes(working_dir: Path, token_env: str) -> list[str]:
+    """The token's file when it lies inside the working_dir (e.g. RAY_AUTH_TOKEN_PATH=./token): the
+    upload would put it on the cluster, readable by every job; it is left out like .git."""
+    _, source = _find_token(token_env)
+    if source is None or source.startswith("$"):
+        return []
+    file, root = Path(source).resolve(), working_dir.resolve()
+    return [f"/{file.relative_to(root).as_posix()}"] if file.is_relative_to(root) else []
 
 
 def _status_or_none(client: JobSubmissionClient, submission_id: str) -> str | None:

@@ -58,6 +58,11 @@ class WorkerTask:
     # One Ray DataIterator per rank (the soft-label stream, split with equal=False); None: each rank
     # reads its own share of the training files (ShardReader), which can resume mid-epoch.
     shards: list[Any] | None = None
+    # A distrec.console.ProgressBoard actor: rank 0 reports its position to it about once a second.
+    progress: Any = None
+
+
+PROGRESS_EVERY_S = 1.0
 
 
 @dataclass
@@ -211,7 +216,9 @@ class Worker:
             train.lr_schedule,
             train.min_lr_ratio,
         )
+        self.steps_per_epoch = steps_per_epoch
         self.progress, self.curve = Progress(), []
+        self.reported = 0.0  # time.monotonic() of the last progress report
         resumed = ray.train.get_checkpoint()
         if resumed is not None:
             with resumed.as_directory() as directory, self.timed("restore"):
@@ -232,6 +239,7 @@ class Worker:
     def run(self) -> None:
         train = self.task.train
         started = time.perf_counter()
+        self.training_started = time.monotonic()
         while self.progress.epoch < train.epochs:
             epoch = self.progress.epoch
             totals = self.train_epoch(epoch)
@@ -258,6 +266,7 @@ class Worker:
             export = better if train.select_best else last
             metrics = {**point, "best_epoch": p.best_epoch, "stopped_early": stop and p.epoch < train.epochs}
             self.save_checkpoint(f"epoch{epoch:03d}-end", metrics, export=export, started=started)
+            self.report_progress(totals, status="done" if last else "train", force=True)
             if stop:
                 break
 
@@ -285,11 +294,31 @@ class Worker:
             self.progress.global_step += 1
             self.schedule.apply(self.progress.global_step)  # the learning rates of the next step
             self.progress.rows += int(out.weights.numel()) if live.item() > 0 else 0  # padding carries weight 0
+            self.report_progress(totals)
             if every and self.progress.step % every == 0:
                 self.save_checkpoint(
                     f"epoch{epoch:03d}-step{self.progress.step:07d}", {"epoch": epoch, **self._losses(totals)}
                 )
         return totals
+
+    def report_progress(self, totals: torch.Tensor, status: str = "train", force: bool = False) -> None:
+        """Rank 0's position and mean loss (``totals`` as ``train_epoch`` sums them) to the run's
+        ProgressBoard, at most every PROGRESS_EVERY_S unless ``force``.
+
+        Fire-and-forget (no ``ray.get``): the step never waits for the driver. Rows are rank 0's times
+        the world size, so the rate is approximate when ranks' shares differ."""
+        now = time.monotonic()
+        board = self.task.progress
+        if board is None or self.rank != 0 or (not force and now - self.reported < PROGRESS_EVERY_S):
+            return
+        self.reported = now
+        p = self.progress
+        auc = p.best_auc if math.isfinite(p.best_auc) else None
+        steps = max(self.steps_per_epoch, p.step)
+        report = {"epoch": p.epoch, "epochs": self.task.train.epochs, "step": p.step, "steps": steps}
+        loss = totals[0].item() / max(totals[1].item(), 1e-12)
+        report |= {"rows": p.rows * self.world, "loss": loss, "auc": auc, "best_epoch": p.best_epoch}
+        board.update.remote(self.task.model.name, {**report, "elapsed": now - self.training_started, "status": status})
 
     def _outputs(self, batches: Iterator[Any], timer: str) -> Iterator[Any]:
         """The pipeline's ``StepOutput`` for each batch (a step when the model is in train mode)."""
