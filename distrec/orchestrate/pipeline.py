@@ -403,5 +403,5 @@ def student_variants(config: Config, teachers: list[str]) -> list[tuple[ModelCon
 
 def _training_summary(metrics: dict[str, object]) -> dict[str, object]:
     keep = ("train_loss", "train_bce", "train_kd", "train_mi", "train_critic", "rows", "seconds", "plan")
-    keep += ("best_epoch", "stopped_early", "curve", "timers")
+    keep += ("best_epoch", "stopped_early", "curve", "timers", "nodes")
     return {k: metrics[k] for k in keep if k in metrics}

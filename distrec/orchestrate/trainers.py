@@ -3,6 +3,11 @@
 Each model gets its own worker group, process group and sharding plan (heterogeneous DMPs do
 not share a process group). Trainers are started from Ray tasks, so K teachers and the ``base``
 model train concurrently; the driver only waits.
+
+On a cluster, each model's workers are placed by ``train.placement_strategy``, and those tasks are
+pinned to the driver's node: Ray Train attaches each run's controller to the node that calls
+``fit()``, so a lost worker node costs only the workers on it (restarted from the last checkpoint,
+``train.max_failures``), never a controller.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from typing import Any
 import ray
 from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from distrec.train.loop import WorkerTask
 
@@ -47,8 +53,13 @@ def fit(task: WorkerTask, storage_path: str, dataset: ray.data.Dataset | None = 
     trainer = TorchTrainer(
         train_loop_per_worker=_worker_entry,
         train_loop_config={"task": task},
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=use_gpu, resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo", timeout_s=train.collective_timeout_s),
+        scaling_config=ScalingConfig(
+            num_workers=train.num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=train.placement_strategy,
+        ),
         run_config=RunConfig(
             name=task.model.name,
             storage_path=storage_path,
@@ -72,5 +83,7 @@ def _fit_remote(task: WorkerTask, storage_path: str, dataset: ray.data.Dataset |
 
 def fit_concurrently(tasks: list[tuple[WorkerTask, ray.data.Dataset]], storage_path: str) -> dict[str, TrainedModel]:
     """Train every (task, dataset) pair at the same time; returns the trained models by name."""
-    refs = {task.model.name: _fit_remote.remote(task, storage_path, ds) for task, ds in tasks}
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    remote = _fit_remote.options(scheduling_strategy=here)
+    refs = {task.model.name: remote.remote(task, storage_path, ds) for task, ds in tasks}
     return {name: ray.get(ref) for name, ref in refs.items()}

@@ -21,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -190,7 +191,12 @@ class Worker:
         self.pipeline = TrainPipelineSparseDist(
             self.training.dmp, self.training.optimizer, device, execute_all_batches=True
         )
-        self.control = dist.new_group(backend="gloo")  # CPU side channel (lockstep flags, DCP), also under nccl
+        # CPU side channel (lockstep flags, DCP), also under nccl; new_group does not inherit the training
+        # group's timeout (torch's default is 30 minutes), so it gets the same one explicitly
+        self.control = dist.new_group(backend="gloo", timeout=timedelta(seconds=train.collective_timeout_s))
+        # where each rank runs (as Ray Train's scheduling tests check it): reported with every checkpoint
+        self.nodes: list[Any] = [None] * self.world
+        dist.all_gather_object(self.nodes, ray.get_runtime_context().get_node_id(), group=self.control)
 
         self.builder = BatchBuilder(penalised(task, self.manifest), task.soft_label_columns)
         files = task.train_files or [str(f) for f in self.manifest.files(task.dataset, "train")]
@@ -381,6 +387,7 @@ class Worker:
                     "export": export,
                     "curve": list(self.curve),
                     "plan": describe_plan(t.plan),
+                    "nodes": list(self.nodes),
                     "timers": {k: round(v, 3) for k, v in self.timers.items()},
                 }
                 if started is not None:
