@@ -21,7 +21,6 @@ from distrec.cli import main
 from distrec.config import load_config
 from distrec.data.days import synthesize_days
 from distrec.data.schema import LABEL
-from distrec.nightly.job import config_hash
 from distrec.nightly.registry import CHALLENGER, CHAMPION, Registry
 
 DAYS = [f"2026-01-0{d}" for d in range(1, 7)]
@@ -66,26 +65,46 @@ def shuffle_labels(path: Path, seed: int) -> None:
     pq.write_table(table.set_column(table.schema.get_field_index(LABEL), LABEL, pa.array(labels)), path)
 
 
+def driver(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """``distrec ARGS`` in a process of its own, as a scheduler starts it (and as a retry restarts it);
+    its output goes to ``log`` (a pipe nobody reads would fill and stall it)."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "distrec.cli", *args],
+            start_new_session=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(Path.cwd())},
+        )
+
+
+def run_dir_of(registry: Registry, runs: Path, version: str) -> Path:
+    """The run directory a version came from, as the nightly that registered it named it (its tags):
+    the run id is the driver's own (date, config hash), never recomputed here."""
+    tags = registry.version(version).tags
+    assert tags["run_id"] == f"nightly-{tags['nightly_date']}-{tags['config_hash']}"
+    return runs / tags["run_id"]
+
+
 def test_five_nights(ray_local: None, store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     runs = tmp_path / "runs"
     config = load_config("jobs/nightly.yaml", overrides(store, runs))
     registry = Registry(config.registry, runs)
-    key = config_hash(config)
 
     # night 1: no champion, cold start with the floors only -> v1 champion
     assert night(store, runs, DAYS[1]) == 0
     assert registry.alias(CHAMPION) == "1"
-    gates = json.loads((runs / f"nightly-{DAYS[1]}-{key}" / "gates.json").read_text())
+    gates = json.loads((run_dir_of(registry, runs, "1") / "gates.json").read_text())
     assert gates["passed"] and gates["champion"] is None
     assert all(g["champion"] is None for g in gates["gates"])
     v1 = registry.version("1")
     assert v1.tags["nightly_date"] == DAYS[1] and v1.tags["data_window"] == f"{DAYS[0]}..{DAYS[0]}"
-    assert v1.tags["config_hash"] == key and v1.tags["decision"] == "promoted" and v1.tags["previous_champion"] == ""
+    assert v1.tags["decision"] == "promoted" and v1.tags["previous_champion"] == ""
 
     # night 2: warm start from v1 -> v2 promoted, gated against v1 on the held-out day
     assert night(store, runs, DAYS[2]) == 0
     assert registry.alias(CHAMPION) == "2"
-    run2 = runs / f"nightly-{DAYS[2]}-{key}"
+    run2 = run_dir_of(registry, runs, "2")
     saved = load_config(run2 / "config.yaml")
     assert saved.student.warm_start and saved.student.warm_start.endswith("v1/student")
     assert saved.teachers[0].warm_start.endswith("v1/fm") and saved.train.epochs == 1
@@ -107,6 +126,7 @@ def test_five_nights(ray_local: None, store: Path, tmp_path: Path, capsys: pytes
     assert night(store, runs, DAYS[3]) == 2
     assert str(part) in capsys.readouterr().err
     assert registry.alias(CHAMPION) == "2" and len(registry.versions()) == 2
+    assert not list(runs.glob(f"nightly-{DAYS[3]}-*"))  # refused before any training
     part.write_bytes(original)
 
     # night 4: the day it trains on has shuffled labels (the label rate is unchanged, so the data checks
@@ -119,34 +139,37 @@ def test_five_nights(ray_local: None, store: Path, tmp_path: Path, capsys: pytes
     assert registry.alias(CHAMPION) == "2" and registry.alias(CHALLENGER) == "3"
     v3 = registry.version("3")
     assert v3.tags["decision"] == "rejected" and v3.tags["gates"] == "failed"
-    gates = json.loads((runs / f"nightly-{DAYS[4]}-{key}" / "gates.json").read_text())
+    gates = json.loads((run_dir_of(registry, runs, "3") / "gates.json").read_text())
     assert not gates["passed"] and any(g["status"] == "failed" for g in gates["gates"])
     assert night(store, runs, DAYS[4]) == 1 and len(registry.versions()) == 3  # a decided night: no-op
 
-    # night 5, its driver killed after the teachers: the re-run resumes and promotes exactly once
-    partial = runs / f"nightly-{DAYS[5]}-{key}.partial"
+    # night 5, its driver killed after the teachers; the retry (a new driver process from the same code,
+    # as a scheduler's retry is) resumes the partial run and promotes exactly once
     args = ["nightly", "--date", DAYS[5], "jobs/nightly.yaml", *overrides(store, runs)]
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "distrec.cli", *args],
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(Path.cwd())},
-    )
-    done = [partial / "models" / name / "training.json" for name in ("fm", "base")]
+    first = driver(args, tmp_path / "driver-1.log")
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline and not all(p.is_file() for p in done):
-            assert driver.poll() is None, "the driver ended before the student stage"
+        deadline = time.time() + 600
+        partial: Path | None = None
+        while time.time() < deadline:
+            assert first.poll() is None, f"the driver ended before the student stage: {tmp_path / 'driver-1.log'}"
+            partial = next(runs.glob(f"nightly-{DAYS[5]}-*.partial"), None)
+            if partial and all((partial / "models" / m / "training.json").is_file() for m in ("fm", "base")):
+                break
             time.sleep(0.2)
-        assert all(p.is_file() for p in done)
-        os.killpg(driver.pid, signal.SIGKILL)
+        else:
+            raise AssertionError("the driver did not finish its teachers in time")
+        os.killpg(first.pid, signal.SIGKILL)
     finally:
-        driver.wait(timeout=60)
+        first.wait(timeout=60)
     assert not (partial / "models" / "student" / "training.json").exists()
-    trained = {p.parent.name: p.stat().st_mtime_ns for p in done}
-    assert night(store, runs, DAYS[5]) == 0
-    run5 = runs / f"nightly-{DAYS[5]}-{key}"
+    trained = {m: (partial / "models" / m / "training.json").stat().st_mtime_ns for m in ("fm", "base")}
+    retry = driver(args, tmp_path / "driver-2.log")
+    retry.wait(timeout=900)
+    out = (tmp_path / "driver-2.log").read_text()
+    assert retry.returncode == 0, out[-4000:]
+    assert f"{DAYS[5]}: version 4 promoted" in out
+    run5 = run_dir_of(registry, runs, "4")
+    assert run5.name == partial.name.removesuffix(".partial") and not partial.exists()
     for name, mtime in trained.items():  # resumed: the teachers were not trained again
         assert (run5 / "models" / name / "training.json").stat().st_mtime_ns == mtime
     assert registry.alias(CHAMPION) == "4" and len(registry.versions()) == 4
@@ -162,10 +185,19 @@ def test_five_nights(ray_local: None, store: Path, tmp_path: Path, capsys: pytes
     assert len(registry.versions()) == 4 and registry.alias(CHAMPION) == "2"
 
     assert main(["registry", "--config", "jobs/nightly.yaml", "list", *overrides(store, runs)]) == 0
-    assert "aliases=champion" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    assert "aliases=champion" in listed and "decision=rejected" in listed
 
     # distrec evaluate: the champion from the registry on a day store's split
-    args = ["evaluate", "models:/distrec@champion", "--data", str(store), "--split", "test_ood"]
-    assert main([*args, "--config", "jobs/nightly.yaml", *overrides(store, runs)]) == 0
+    args = [
+        "evaluate",
+        "models:/distrec@champion",
+        *overrides(store, runs),
+        "--data",
+        str(store),
+        "--split",
+        "test_ood",
+    ]
+    assert main([*args, "--config", "jobs/nightly.yaml"]) == 0  # key=value right after MODEL: argparse positionals
     report = json.loads(capsys.readouterr().out)
     assert report["model"].endswith("v2/student") and 0.5 < report["metrics"]["test_ood"]["auc"] <= 1.0
