@@ -1,33 +1,27 @@
-"""distrec.orchestrate.submit against a real local Ray head and its job server, with token auth on.
+"""distrec.orchestrate.submit against a real Ray head and its job server, with token auth on.
 
-No mocks: a `ray start --head --block` subprocess (own temp dir, own ports, dashboard bound to
-127.0.0.1, RAY_AUTH_MODE=token) is started once for the module and stopped by signalling its own
-process group, so no other Ray instance on the machine is touched. The job server needs Ray's
-dashboard dependencies (`ray[default]`); where they are missing those tests are skipped with the
-import error as the reason. The checks of ids, addresses and the uploaded working_dir need no server.
+No mocks: the head is tests/multinode.py's cluster (``ray.cluster_utils.Cluster`` in a process of its
+own, own temp dir and ports, dashboard bound to 127.0.0.1, RAY_AUTH_MODE=token), started once for the
+module; tests/test_cluster.py submits the whole pipeline to the same kind of cluster with worker nodes.
+The job server needs Ray's dashboard dependencies (`ray[default]`); where they are missing those tests
+are skipped with the import error as the reason. The checks of ids, addresses and the uploaded
+working_dir need no server.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import importlib.util
 import os
 import re
-import secrets
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
+from multinode import MultiNodeCluster
 
+from distrec.cli import main
 from distrec.orchestrate.submit import (
     WORKING_DIR_EXCLUDES,
     SubmitError,
@@ -55,17 +49,6 @@ def _job_server_unavailable() -> str | None:
 
 def _has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def _packaged_names(root: Path, tmp: Path) -> set[str]:
@@ -140,69 +123,23 @@ def test_uploaded_repository_keeps_every_distrec_module(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def ray_head():
+def ray_head() -> Iterator[MultiNodeCluster]:
     reason = _job_server_unavailable()
     if reason:
         pytest.skip(reason)
-    token = secrets.token_hex(24)
-    temp_dir = Path(tempfile.mkdtemp(prefix="drsub"))  # short: Ray's unix socket paths must stay < 108 bytes
-    gcs_port, dashboard_port, client_port, agent_port = _free_ports(4)
-    bin_dir = Path(sys.executable).parent
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}")
-    command = [
-        str(bin_dir / "ray"), "start", "--head", "--block", "--disable-usage-stats",
-        "--node-ip-address=127.0.0.1", f"--port={gcs_port}", "--num-cpus=1",
-        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
-        f"--ray-client-server-port={client_port}", f"--dashboard-agent-listen-port={agent_port}",
-        f"--temp-dir={temp_dir}",
-    ]  # fmt: skip
-    log_path = temp_dir / "ray-start.log"
-    with open(log_path, "wb") as log:
-        head = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"http://127.0.0.1:{dashboard_port}"
+    cluster = MultiNodeCluster()
     try:
-        deadline = time.monotonic() + 40
-        while True:  # ready when the job API answers an authenticated request
-            if head.poll() is not None:
-                pytest.fail(f"ray start exited with {head.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                r = requests.get(f"{address}/api/jobs/", headers={"Authorization": f"Bearer {token}"}, timeout=2)
-                if r.status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"job server not ready after 40 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield address, token
+        yield cluster
     finally:
-        _stop_process_group(head)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def _stop_process_group(head: subprocess.Popen) -> None:
-    """Stop the head's own session (gcs, raylet, dashboard, workers) and nothing else.
-
-    SIGTERM makes `ray start --block` drain for up to 30 s; this throwaway cluster needs none of
-    it, so the group gets 5 s and then SIGKILL, which also reaches children that outlive the leader.
-    """
-    for sig, grace_s in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(head.pid, sig)
-        except ProcessLookupError:  # the whole group is gone already
-            break
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            head.wait(timeout=grace_s)
+        cluster.close()
 
 
 @pytest.fixture
 def client(ray_head, monkeypatch):
     from ray.job_submission import JobSubmissionClient
 
-    address, token = ray_head
-    monkeypatch.setenv(TOKEN_VAR, token)
-    return JobSubmissionClient(address, headers={"Authorization": f"Bearer {token}"})
+    monkeypatch.setenv(TOKEN_VAR, ray_head.token)
+    return JobSubmissionClient(ray_head.dashboard, headers=ray_head.headers)
 
 
 def _count(client, submission_id: str) -> int:
@@ -212,7 +149,7 @@ def _count(client, submission_id: str) -> int:
 def test_job_succeeds_streams_its_log_and_is_submitted_once(ray_head, client, tmp_path, capsys):
     from ray.job_submission import JobStatus
 
-    address, _ = ray_head
+    address = ray_head.dashboard
     (tmp_path / "note.txt").write_text("uploaded-file-ok\n")
     sid = "distrec-test-hello"
     kwargs = dict(submission_id=sid, working_dir=tmp_path, wait=True, token_env=TOKEN_VAR, timeout_s=JOB_TIMEOUT_S)
@@ -231,7 +168,7 @@ def test_job_succeeds_streams_its_log_and_is_submitted_once(ray_head, client, tm
 
 
 def test_failed_job_raises_with_its_status(ray_head, client, tmp_path):
-    address, _ = ray_head
+    address = ray_head.dashboard
     with pytest.raises(SubmitError, match="FAILED"):
         _submit_entrypoint(
             "echo about-to-fail; exit 3",
@@ -246,7 +183,7 @@ def test_failed_job_raises_with_its_status(ray_head, client, tmp_path):
 
 
 def test_submit_runs_distrec_on_the_config_relative_to_the_working_dir(ray_head, client, tmp_path):
-    address, _ = ray_head
+    address = ray_head.dashboard
     (tmp_path / "jobs").mkdir()
     config = tmp_path / "jobs" / "nightly.yaml"
     config.write_text("seed: 1\n")
@@ -266,7 +203,7 @@ def test_submit_runs_distrec_on_the_config_relative_to_the_working_dir(ray_head,
 
 
 def test_missing_or_wrong_token_is_a_clear_error(ray_head, tmp_path, monkeypatch):
-    address, token = ray_head
+    address, token = ray_head.dashboard, ray_head.token
     for name in (TOKEN_VAR, "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token either
@@ -275,3 +212,17 @@ def test_missing_or_wrong_token_is_a_clear_error(ray_head, tmp_path, monkeypatch
     monkeypatch.setenv(TOKEN_VAR, token[::-1])
     with pytest.raises(SubmitError, match=f"rejected the token from \\${TOKEN_VAR}"):
         _submit_entrypoint("echo never", address, submission_id="never", token_env=TOKEN_VAR)
+
+
+def test_command_line_refuses_a_submission_without_the_right_token(ray_head, client, tmp_path, monkeypatch, capsys):
+    """`distrec submit` exits non-zero with the reason on stderr, and nothing reaches the cluster."""
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token either
+    args = ["submit", "jobs/local.yaml", "--address", ray_head.dashboard, "--wait"]
+    assert main(args) == SubmitError.exit_code
+    assert "requires token authentication and no token was found: set RAY_AUTH_TOKEN" in capsys.readouterr().err
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "not-" + ray_head.token)
+    assert main(args) == SubmitError.exit_code
+    assert "rejected the token from $RAY_AUTH_TOKEN" in capsys.readouterr().err
+    assert _count(client, default_submission_id(REPO / "jobs" / "local.yaml", [])) == 0
