@@ -295,7 +295,7 @@ def test_scorer_killed_mid_stream_is_restarted_and_every_row_gets_one_soft_label
     driver.finish()
 
     restarted = [a for a in cluster.actors() if a["actor_id"] == scorer["actor_id"]]
-    assert restarted[0]["num_restarts"] >= 1  # the same actor, restarted (max_restarts), not a new one
+    assert int(restarted[0]["num_restarts"]) >= 1  # the same actor, restarted (max_restarts), not a new one
     run = tmp_path / "scorer"
     soft = soft_labels_of(run)
     assert soft.num_rows == manifest.rows["train"]
