@@ -213,6 +213,15 @@ def _data_append(args: argparse.Namespace) -> None:
     )
 
 
+def _data_compact(args: argparse.Namespace) -> None:
+    from distrec.data.compact import compact
+
+    counts = compact(Path(args.dir), args.partition)
+    print(
+        f"{args.dir}: {counts['files_before']} -> {counts['files_after']} Parquet files ({args.partition} partitions)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distrec", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -234,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--overwrite", action="store_true")
     synth.set_defaults(func=_data_synth)
+
+    compact = data.add_parser("compact", help="merge a dataset's small files into month or year partitions, in place")
+    compact.add_argument("dir")
+    compact.add_argument("--partition", choices=["month", "year"], default="month")
+    compact.set_defaults(func=_data_compact)
 
     days = data.add_parser("days", help="a synthetic day store with drift, for the nightly (distrec.data.days)")
     days.add_argument("--out", required=True)
@@ -283,7 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not derive conf_policy, conf_position, conf_propensity from the policy, position, propensity columns",
     )
     imp.add_argument("--history-len", type=int, help="[20]")
-    imp.add_argument("--partition", choices=["day", "month"], help="one Parquet partition per day or month [day]")
+    imp.add_argument(
+        "--partition",
+        choices=["auto", "day", "month", "year"],
+        help="one Parquet partition per day, month or year; auto: days unless that gives many small files [auto]",
+    )
     imp.add_argument(  # choices spelled out here for the same reason; distrec.data.importer.SPLIT_MODES
         "--split",
         choices=["global-time", "per-user-time"],

@@ -111,7 +111,11 @@ TIME_UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 DEFAULT_POLICY = "logging"
 RANDOM_POLICY = "random"
 WRITE_ROWS = 1_000_000  # rows per Parquet write; bounds the history lists built at once
-PARTITIONS = {"day": "datetime64[D]", "month": "datetime64[M]"}  # partition granularity -> numpy unit
+PARTITIONS = {"day": "datetime64[D]", "month": "datetime64[M]", "year": "datetime64[Y]"}  # -> numpy unit
+# partition="auto": the finest granularity giving at most AUTO_MAX_PARTITIONS partitions, or partitions of
+# AUTO_MIN_ROWS rows on average (20 years of a 100k-row log: 240 months, not 3,844 days of ~26 rows)
+AUTO_MAX_PARTITIONS = 400
+AUTO_MIN_ROWS = 10_000
 SPLIT_MODES = ("global-time", "per-user-time")  # how logged rows are cut into train / valid / test_id
 NEW_IDS = ("index", "hash")  # what an append does with raw ids the dataset has not seen
 BINS = 5  # quantile bins of bucketed confounders (propensity here, popularity in the MovieLens preset)
@@ -128,6 +132,15 @@ def partition_periods(ts: np.ndarray, partition: str) -> np.ndarray:
     if partition not in PARTITIONS:
         raise ConfigError(f"partition {partition!r}: expected one of {sorted(PARTITIONS)}")
     return ts.astype("datetime64[s]").astype(PARTITIONS[partition])
+
+
+def auto_partition(ts: np.ndarray) -> str:
+    """The granularity ``partition="auto"`` picks for rows at times ``ts`` (seconds); see AUTO_MAX_PARTITIONS."""
+    for partition in ("day", "month"):
+        periods = len(np.unique(partition_periods(ts, partition)))
+        if periods <= AUTO_MAX_PARTITIONS or len(ts) >= AUTO_MIN_ROWS * periods:
+            return partition
+    return "year"
 
 
 def period_partition(period: np.datetime64) -> str:
@@ -630,7 +643,7 @@ def import_interactions(
     test_fraction: float = 0.1,
     split: str = "global-time",
     history_len: int = 20,
-    partition: str = "day",
+    partition: str = "auto",
     name: str | None = None,
     prepare: Prepare | None = None,
     notes: Mapping[str, object] | None = None,
@@ -647,8 +660,9 @@ def import_interactions(
     (``"per-user-time"``; see the module docstring). ``sparse_cols`` sides come from ``sparse_sides``
     or are inferred (a function of the item: ``item``; of the user: ``user``; else ``context``). MovieLens is
     ``user_col="userId", item_col="movieId", label_col="rating", label_threshold=4.0``
-    (``distrec.data.presets`` has it and Open Bandit ready-made). ``partition`` is ``"day"`` or
-    ``"month"``; ``prepare`` derives columns from the raw tables first; ``notes`` are added to
+    (``distrec.data.presets`` has it and Open Bandit ready-made). ``partition`` is ``"day"``,
+    ``"month"``, ``"year"`` or ``"auto"`` (``auto_partition``: days unless they would be many and small);
+    ``prepare`` derives columns from the raw tables first; ``notes`` are added to
     ``manifest.source``; ``headroom`` sizes the id tables for appends (module docstring). Unless
     ``derive_confounders`` is false, ``policy_col``, ``position_col`` (the exposure's slot) and
     ``propensity_col`` also give the confounders ``conf_policy``, ``conf_position`` and
@@ -668,8 +682,8 @@ def import_interactions(
         raise ConfigError(f"split {split!r}: expected one of {list(SPLIT_MODES)}")
     if history_len < 0:
         raise ConfigError(f"history_len must be >= 0, not {history_len}")
-    if partition not in PARTITIONS:
-        raise ConfigError(f"partition {partition!r}: expected one of {sorted(PARTITIONS)}")
+    if partition not in (*PARTITIONS, "auto"):
+        raise ConfigError(f"partition {partition!r}: expected one of {sorted([*PARTITIONS, 'auto'])}")
     if headroom is not None and not headroom >= 1.0:  # also rejects NaN
         raise ConfigError(f"headroom must be >= 1 (table rows per id), not {headroom}")
     cols = _Columns(
@@ -714,6 +728,7 @@ def import_interactions(
         elif policy_col or position_col or propensity_col:
             logger.info("derived confounders are turned off: only the explicit confounder columns are kept")
         user, item, ts = columns[USER], columns[ITEM], columns[TS]
+        partition = auto_partition(ts) if partition == "auto" else partition
         to_ood = columns[IS_RANDOM] | (np.arange(len(ts)) >= len(logs[0].ts))  # random rows and the OOD file
         split_notes: dict[str, object] = {
             "split": split,
