@@ -1,7 +1,9 @@
 """Shared pieces: interleaved repeats and medians, machine facts, cached datasets, process-tree memory.
 
 The machine may be shared and noisy, so every benchmark measures its two sides in the same command,
-alternating them round by round (A B, B A, A B, ...), and compares medians.
+alternating them round by round (A B, B A, A B, ...), and compares medians; ``spread`` gives the
+min, median and max of the per-round ratios beside it, and ``loaded`` marks a figure taken while the
+1-minute load average was above the core count.
 """
 
 from __future__ import annotations
@@ -37,8 +39,23 @@ def ratio(numerator: list[float], denominator: list[float]) -> float:
     return round(median(numerator) / median(denominator), 3)
 
 
+def spread(numerator: list[float], denominator: list[float]) -> dict[str, float]:
+    """min, median and max of the ratios of the rounds (round i's numerator over round i's denominator)."""
+    ratios = [n / d for n, d in zip(numerator, denominator, strict=True)]
+    return {"min": round(min(ratios), 3), "median": round(median(ratios), 3), "max": round(max(ratios), 3)}
+
+
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def loaded(*loads: list[float]) -> bool:
+    """Whether any of these load averages (or now's) had a 1-minute figure above the core count."""
+    return any(load[0] > cores() for load in (*loads, load_average()))
 
 
 def cpu_model() -> str:
@@ -66,7 +83,7 @@ def machine_info() -> dict[str, object]:
     meminfo = Path("/proc/meminfo").read_text().splitlines()
     mem_kb = next((int(line.split()[1]) for line in meminfo if line.startswith("MemTotal")), 0)
     return {
-        "nproc": len(os.sched_getaffinity(0)),
+        "nproc": cores(),
         "cpu_model": cpu_model(),
         "memory_gib": round(mem_kb / 2**20, 1),
         "python": platform.python_version(),
@@ -95,7 +112,7 @@ def synthetic(out: Path, rows: int, seed: int = 0, rows_per_file: int | None = N
     return root
 
 
-# ---- memory of a process tree, read from /proc (no psutil needed) -------------------------------
+# ---- memory of a process tree, read from /proc (PSS through psutil) ------------------------------
 
 
 def _children_map() -> dict[int, list[int]]:
@@ -124,8 +141,18 @@ def process_tree(root: int) -> list[int]:
 
 
 def memory_kib(pid: int) -> dict[str, int | str]:
-    """VmRSS, VmHWM (the kernel's own peak RSS), RssAnon, RssShmem and the command name of one process."""
+    """VmRSS, VmHWM (the kernel's own peak RSS), RssAnon, RssShmem, Pss and the command name of one process.
+
+    PSS splits each shared page (libraries, Ray's object store) among the processes mapping it, so
+    the PSS of a tree sums to the memory it really holds; summed RSS counts shared pages once per process.
+    """
+    import psutil
+
     out: dict[str, int | str] = {}
+    try:
+        out["Pss"] = psutil.Process(pid).memory_full_info().pss // 1024
+    except (psutil.Error, OSError):
+        return {}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             key, _, value = line.partition(":")
@@ -140,9 +167,10 @@ def memory_kib(pid: int) -> dict[str, int | str]:
 
 @dataclass
 class TreeMemory:
-    """Samples the summed RSS of a process tree in a background thread (``with TreeMemory(pid) as m``).
+    """Samples the summed PSS and RSS of a process tree in a background thread (``with TreeMemory(pid) as m``).
 
-    ``peak_rss_sum`` is the largest sum of VmRSS over the tree seen in one sample; ``peak_anon_sum``
+    ``peak_pss_sum`` is the largest sum of PSS over the tree seen in one sample (the headline);
+    ``peak_rss_sum`` the same for VmRSS; ``peak_anon_sum``
     the same for anonymous memory only (RSS also counts shared library pages once per process);
     ``peak_single`` is the largest VmHWM of any process (exact: the kernel tracks it); ``per_process``
     keeps each process's peak anonymous and shared-memory (Ray's object store) RSS.
@@ -150,6 +178,7 @@ class TreeMemory:
 
     root: int
     interval: float = 0.2
+    peak_pss_sum: int = 0
     peak_rss_sum: int = 0
     peak_anon_sum: int = 0
     peak_single: int = 0
@@ -159,7 +188,7 @@ class TreeMemory:
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def sample(self) -> None:
-        rss = anon = 0
+        pss = rss = anon = 0
         for pid in process_tree(self.root):
             m = memory_kib(pid)
             if not m:
@@ -168,10 +197,12 @@ class TreeMemory:
             peaks["name"] = f"{m.get('name', '')}[{pid}]"  # the latest: Ray renames its workers
             peaks["anon"] = max(int(peaks["anon"]), int(m.get("RssAnon", 0)))
             peaks["shmem"] = max(int(peaks["shmem"]), int(m.get("RssShmem", 0)))
+            pss += int(m["Pss"])
             rss += int(m.get("VmRSS", 0))
             anon += int(m.get("RssAnon", 0))
             if int(m.get("VmHWM", 0)) > self.peak_single:
                 self.peak_single, self.peak_single_name = int(m["VmHWM"]), str(m.get("name", ""))
+        self.peak_pss_sum = max(self.peak_pss_sum, pss)
         self.peak_rss_sum = max(self.peak_rss_sum, rss)
         self.peak_anon_sum = max(self.peak_anon_sum, anon)
         self.processes_seen = len(self.per_process)
@@ -191,6 +222,7 @@ class TreeMemory:
 
     def as_mib(self) -> dict[str, object]:
         return {
+            "peak_pss_sum_mib": round(self.peak_pss_sum / 1024, 1),
             "peak_rss_sum_mib": round(self.peak_rss_sum / 1024, 1),
             "peak_anon_sum_mib": round(self.peak_anon_sum / 1024, 1),
             "peak_single_mib": round(self.peak_single / 1024, 1),

@@ -8,11 +8,14 @@ torch thread (as ``distrec.train.loop`` sets), alternating blocks of steps:
   meta device, ``apply_optimizer_in_backward`` (row-wise Adagrad, the default ``sparse_optimizer``),
   ``planner.collective_plan``, ``DistributedModelParallel`` (fbgemm TBE, fused kernel),
   ``CombinedOptimizer`` with Adam for the dense layers, ``TrainPipelineSparseDist.progress``.
-- ``plain``: the same model built on the CPU, whose TorchRec ``EmbeddingBagCollection`` is a dict of
-  plain ``nn.EmbeddingBag`` modules, switched to ``sparse=True``; ``torch.optim.SparseAdam`` for the
-  tables and Adam for the dense layers; ``loss.backward()`` then both ``step()``.
-- ``plain_adagrad`` (extra): the same model and tables with ``torch.optim.Adagrad`` (which takes sparse
+- ``plain_sparseadam``: the same model built on the CPU, whose TorchRec ``EmbeddingBagCollection`` is
+  a dict of plain ``nn.EmbeddingBag`` modules, switched to ``sparse=True``; ``torch.optim.SparseAdam``
+  for the tables and Adam for the dense layers; ``loss.backward()`` then both ``step()``.
+- ``plain_adagrad``: the same model and tables with ``torch.optim.Adagrad`` (which takes sparse
   gradients), the plain optimizer closest to the fused row-wise Adagrad.
+
+The headline ratio is against the faster of the two plain sides (by median), so neither optimizer's
+cost flatters the fused path; both ratios are reported, each with the min/median/max of its rounds.
 
 Four tables of ``rows x 64`` (user, item + history, a context and an item-side feature), uniformly
 drawn ids, histories of 0..20 items: the embedding path dominates. ``rows`` is 2M (500k with
@@ -88,8 +91,8 @@ def _torchrec_step(manifest: object, batches: list[object], batch_size: int) -> 
         train=TrainConfig(num_workers=1, batch_size=batch_size),
         dataset="",
     )
-    dmp, optimizer, _, _ = build_training(task, manifest, 1, torch.device("cpu"))  # type: ignore[arg-type]
-    pipeline = TrainPipelineSparseDist(dmp, optimizer, torch.device("cpu"), execute_all_batches=True)
+    training = build_training(task, manifest, 1, torch.device("cpu"))  # type: ignore[arg-type]
+    pipeline = TrainPipelineSparseDist(training.dmp, training.optimizer, torch.device("cpu"), execute_all_batches=True)
     feed = itertools.cycle(batches)
 
     def step() -> float:
@@ -131,7 +134,7 @@ def _plain_steps(manifest: object, batches: list[object]) -> dict[str, object]:
         return step
 
     return {
-        "plain": stepper(torch.optim.SparseAdam(tables, lr=train.dense_lr)),
+        "plain_sparseadam": stepper(torch.optim.SparseAdam(tables, lr=train.dense_lr)),
         "plain_adagrad": stepper(torch.optim.Adagrad(tables, lr=train.sparse_lr)),
     }
 
@@ -140,7 +143,7 @@ def child(table_rows: int, batch_size: int, steps: int, repeats: int) -> dict[st
     import torch
     import torch.distributed as dist
 
-    from benchmarks.common import interleave, median, ratio
+    from benchmarks.common import interleave, load_average, loaded, median, ratio, spread
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -158,20 +161,28 @@ def child(table_rows: int, batch_size: int, steps: int, repeats: int) -> dict[st
                 step()  # type: ignore[operator]
             return steps * batch_size / (time.perf_counter() - started)
 
+        load_before = load_average()
         results = interleave({name: (lambda s=s: block(s)) for name, s in steps_by_side.items()}, repeats)
         dist.destroy_process_group()
+    plain = {name: results[name] for name in ("plain_sparseadam", "plain_adagrad")}
+    best = max(plain, key=lambda name: median(plain[name]))
     out: dict[str, object] = {
-        "ratio": ratio(results["torchrec"], results["plain"]),
+        "ratio": ratio(results["torchrec"], plain[best]),
+        "ratio_spread": spread(results["torchrec"], plain[best]),
+        "plain_reference": best,
+        "loaded": loaded(load_before),
         "torchrec_samples_per_s": round(median(results["torchrec"])),
-        "plain_samples_per_s": round(median(results["plain"])),
+        "plain_samples_per_s": round(median(plain[best])),
         "tables": f"4 x {table_rows} x {DIM}",
         "batch_size": batch_size,
         "steps_per_block": steps,
         "repeats": repeats,
         "samples": {k: [round(v) for v in vs] for k, vs in results.items()},
     }
-    out["ratio_vs_plain_adagrad"] = ratio(results["torchrec"], results["plain_adagrad"])
-    out["plain_adagrad_samples_per_s"] = round(median(results["plain_adagrad"]))
+    for name, samples in plain.items():
+        out[f"ratio_vs_{name}"] = ratio(results["torchrec"], samples)
+        out[f"ratio_vs_{name}_spread"] = spread(results["torchrec"], samples)
+        out[f"{name}_samples_per_s"] = round(median(samples))
     return out
 
 

@@ -4,10 +4,14 @@
 ``soft_label_stream`` (Ray Data: read the training Parquet -> a ``TeacherScorer`` stage adding the
 front-door column of one teacher) consumed batch by batch into ``BatchBuilder``, as the student's
 feed does. Each size runs in a fresh interpreter with its own embedded Ray (``ray_session``, the
-local defaults), so nothing carries over. A background thread samples the summed RSS of that
-interpreter and all its descendants (Ray's GCS, raylet, workers, actors) from /proc; the kernel's
-per-process peak (VmHWM) gives the largest single process. Both datasets are the synthetic default
-(2000 users, 1000 items, histories of 20) at two sizes; the teacher is a freshly initialised DeepFM
+local defaults), so nothing carries over. A background thread samples the summed PSS (proportional
+set size: each shared page split among the processes mapping it, so object-store and library pages
+count once) of that interpreter and all its descendants (Ray's GCS, raylet, workers, actors); summed
+RSS and anonymous memory are kept beside it, and the kernel's per-process peak (VmHWM) gives the
+largest single process. The datasets are the synthetic default (2000 users, 1000 items, histories
+of 20) at three sizes: the ratio is the largest over the smallest, and ``mib_per_million_rows`` the
+least-squares slope of peak PSS against the log's rows over all three (flat memory: a slope near
+0, whatever the fixed base that dilutes the ratio). The teacher is a freshly initialised DeepFM
 of ``jobs/local.yaml`` with a history bank of 8 (memory does not depend on the weights, and a small
 bank keeps the 10M-row run short; the bank size changes compute, not what is buffered).
 
@@ -26,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, TreeMemory, load_average, ratio, synthetic
+from benchmarks.common import REPO, TreeMemory, load_average, loaded, ratio, synthetic
 
 BANK_SIZE = 8
 
@@ -73,29 +77,34 @@ def _measure(out: Path, rows: int, args: list[str]) -> dict[str, object]:
 
 
 def run(out: Path, quick: bool) -> dict[str, object]:
-    small, large = (200_000, 2_000_000) if quick else (1_000_000, 10_000_000)
-    args = {rows: _prepare(out, rows) for rows in (small, large)}
+    import numpy as np
+
+    sizes = (200_000, 1_000_000, 2_000_000) if quick else (1_000_000, 4_000_000, 10_000_000)
+    small, large = sizes[0], sizes[-1]
+    args = {rows: _prepare(out, rows) for rows in sizes}
     small_files = _train_file_rows(out, small)
     same = None if quick else _prepare(out, large, rows_per_file=small_files)
     load_before = load_average()
-    runs = {rows: _measure(out, rows, args[rows]) for rows in (small, large)}
+    runs = {rows: _measure(out, rows, args[rows]) for rows in sizes}
     s, big = runs[small], runs[large]
+    pss = [float(runs[rows]["peak_pss_sum_mib"]) for rows in sizes]  # type: ignore[arg-type]
+    slope = float(np.polyfit(np.array(sizes) / 1e6, pss, 1)[0])
     extra: dict[str, object] = {}
     if same is not None:
         run_same = _measure(out, large, same)
         extra = {
-            "ratio_same_file_size": ratio([run_same["peak_rss_sum_mib"]], [s["peak_rss_sum_mib"]]),  # type: ignore[list-item]
-            "ratio_same_file_size_max_single_process": ratio(
-                [run_same["peak_single_mib"]],  # type: ignore[list-item]
-                [s["peak_single_mib"]],  # type: ignore[list-item]
-            ),
+            "ratio_same_file_size": ratio([run_same["peak_pss_sum_mib"]], [s["peak_pss_sum_mib"]]),  # type: ignore[list-item]
             "large_same_file_size": {**run_same, "rows_per_file": small_files},
         }
     return {
-        "ratio": ratio([big["peak_rss_sum_mib"]], [s["peak_rss_sum_mib"]]),  # type: ignore[list-item]
+        "ratio": ratio([big["peak_pss_sum_mib"]], [s["peak_pss_sum_mib"]]),  # type: ignore[list-item]
+        "mib_per_million_rows": round(slope, 1),
+        "loaded": loaded(load_before),
+        "ratio_rss_sum": ratio([big["peak_rss_sum_mib"]], [s["peak_rss_sum_mib"]]),  # type: ignore[list-item]
         "ratio_max_single_process": ratio([big["peak_single_mib"]], [s["peak_single_mib"]]),  # type: ignore[list-item]
         "ratio_anon_sum": ratio([big["peak_anon_sum_mib"]], [s["peak_anon_sum_mib"]]),  # type: ignore[list-item]
-        "sizes": [small, large],
+        "sizes": list(sizes),
+        "peak_pss_sum_mib": dict(zip(map(str, sizes), pss, strict=True)),
         "bank_size": BANK_SIZE,
         "small": s,
         "large": big,

@@ -1,11 +1,12 @@
 """(a) Reader: Parquet -> ``Batch`` (KeyedJaggedTensor) rows/s against a raw pyarrow scan.
 
 Both sides read the same training files, the same columns (``BatchBuilder.columns``) and the same
-batch size with ``pyarrow.parquet.ParquetFile.iter_batches`` in this process, one thread each, after
-one untimed pass that warms the page cache. The raw side only touches every column as numpy (list
-columns: their flat values and offsets); the other side builds the full training batch (id range
-checks, the KJT, labels, weights, confounders). The ratio is the share of raw scan speed that the
-conversion keeps: 1.0 would mean the conversion is free.
+batch size with ``pyarrow.parquet.ParquetFile.iter_batches`` in this process, one thread each
+(``use_threads=False`` on both sides, and one torch thread), after one untimed pass that warms the
+page cache. The raw side only touches every column as numpy (list columns: their flat values and
+offsets); the other side builds the full training batch (id range checks, the KJT, labels, weights,
+confounders). The ratio is the share of raw scan speed that the conversion keeps: 1.0 would mean
+the conversion is free.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.common import interleave, median, ratio, synthetic
+from benchmarks.common import interleave, load_average, loaded, median, ratio, spread, synthetic
 
 
 def _raw(files: list[Path], columns: list[str], batch_size: int) -> int:
     rows = 0
     for f in files:
-        for rb in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns):
+        for rb in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns, use_threads=False):
             for col in rb.columns:
                 if pa.types.is_list(col.type):
                     col.values.to_numpy()
@@ -36,7 +37,7 @@ def _raw(files: list[Path], columns: list[str], batch_size: int) -> int:
 def _batches(files: list[Path], columns: list[str], batch_size: int, builder: object) -> int:
     rows = 0
     for f in files:
-        for rb in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns):
+        for rb in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns, use_threads=False):
             rows += builder(rb).size  # type: ignore[operator]
     return rows
 
@@ -62,6 +63,7 @@ def run(out: Path, quick: bool) -> dict[str, object]:
         return n / (time.perf_counter() - started)
 
     _raw(files, columns, batch_size)  # warm the page cache and pyarrow's allocator
+    load_before = load_average()
     results = interleave(
         {
             "raw": lambda: timed(lambda: _raw(files, columns, batch_size)),
@@ -71,6 +73,8 @@ def run(out: Path, quick: bool) -> dict[str, object]:
     )
     return {
         "ratio": ratio(results["batch"], results["raw"]),
+        "ratio_spread": spread(results["batch"], results["raw"]),
+        "loaded": loaded(load_before),
         "batch_rows_per_s": round(median(results["batch"])),
         "raw_rows_per_s": round(median(results["raw"])),
         "rows": manifest.rows["train"],

@@ -16,7 +16,7 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
-from benchmarks.common import REPO, interleave, load_average, median, ratio, synthetic
+from benchmarks.common import REPO, interleave, load_average, loaded, median, ratio, spread, synthetic
 
 
 def fit_throughput(task: object, out: Path, dataset: object = None) -> float:
@@ -37,8 +37,8 @@ def run(out: Path, quick: bool) -> dict[str, object]:
     from distrec.data.schema import Manifest
     from distrec.train.loop import WorkerTask
 
-    rows = 200_000 if quick else 1_000_000
-    repeats = 1 if quick else 2
+    rows = 100_000 if quick else 1_000_000
+    repeats = 3
     config = load_config(REPO / "jobs" / "local.yaml")
     root = synthetic(out, rows)
     manifest = Manifest.read(root)
@@ -56,6 +56,8 @@ def run(out: Path, quick: bool) -> dict[str, object]:
     results = interleave({"one": lambda: side(1), "two": lambda: side(2)}, repeats)
     return {
         "ratio": ratio(results["two"], results["one"]),
+        "ratio_spread": spread(results["two"], results["one"]),
+        "loaded": loaded(load_before),
         "two_workers_samples_per_s": round(median(results["two"])),
         "one_worker_samples_per_s": round(median(results["one"])),
         "model": f"{teacher.arch} dim {teacher.dim} hidden {teacher.hidden}",

@@ -16,7 +16,12 @@ stream's own start-up (scorer actors loading the teachers and encoding the histo
 the student waits for it. The ratio is what the live stream costs the student.
 
 To explain the ratio, a third interleaved side times the scoring alone in this process on one
-thread (every teacher's ``TeacherScorer`` on the same few batches): ``scoring_rows_per_s``. When the
+thread (every teacher's ``TeacherScorer`` on the same few batches): ``scoring_rows_per_s``, with the
+heads split against the bank (``bank_head``, the stream's path), and ``scoring_generic_rows_per_s``,
+the same scorers on the generic broadcast path (the cost before the split). A fourth side consumes
+the stream alone in this process (no student): ``first_batch_seconds`` is the time from starting
+it to its first batch (scorer actors loading the teachers, encoding the bank, the first blocks), and
+``steady_rows_per_s`` the rows after that one over the time after it. When the
 stream and the student share the same cores, no overlap can beat ``cores / (workers +
 precomputed_rate / scoring_rate)`` (the student's workers each keeping one core busy): that rough
 bound is reported as ``shared_cores_bound``.
@@ -30,7 +35,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from benchmarks.common import REPO, interleave, load_average, median, ratio, synthetic
+from benchmarks.common import REPO, interleave, load_average, loaded, median, ratio, spread, synthetic
 from benchmarks.scaling import fit_throughput
 
 
@@ -50,8 +55,11 @@ def _teacher_exports(out: Path, config: object, manifest: object) -> dict[str, o
     return exports
 
 
-def _scoring(teachers: dict[str, object], bank: Path, files: list[str], columns: list[str], batch_size: int) -> object:
-    """A function timing rows/s of scoring with every teacher (one after the other) on one thread."""
+def _scoring(
+    teachers: dict[str, object], bank: Path, files: list[str], columns: list[str], batch_size: int, split: bool
+) -> object:
+    """A function timing rows/s of scoring with every teacher (one after the other) on one thread;
+    ``split=False`` drops each scorer's ``bank_head`` (the generic path)."""
     import pyarrow.parquet as pq
     import torch
 
@@ -59,6 +67,9 @@ def _scoring(teachers: dict[str, object], bank: Path, files: list[str], columns:
 
     threads = torch.get_num_threads()
     scorers = [TeacherScorer(export, str(bank)) for export in teachers.values()]  # type: ignore[arg-type]
+    if not split:
+        for scorer in scorers:
+            scorer.bank_head = None
     torch.set_num_threads(threads)  # TeacherScorer sets one thread for its process; restore ours
     table = pq.read_table(files[0], columns=columns)
     batches = [table.slice(i * batch_size, batch_size) for i in range(8)]
@@ -78,6 +89,20 @@ def _scoring(teachers: dict[str, object], bank: Path, files: list[str], columns:
     return timed
 
 
+def _stream_alone(dataset: object, batch_size: int) -> tuple[float, float]:
+    """(seconds to the first batch, rows/s after it) of consuming ``dataset`` in this process."""
+    started = time.perf_counter()
+    first = None
+    rows = 0
+    for table in dataset.iter_batches(batch_size=batch_size, batch_format="pyarrow"):  # type: ignore[attr-defined]
+        if first is None:
+            first = time.perf_counter()
+        else:
+            rows += table.num_rows
+    assert first is not None, "the stream yielded no batch"
+    return first - started, rows / (time.perf_counter() - first)
+
+
 def run(out: Path, quick: bool) -> dict[str, object]:
     import ray
 
@@ -88,8 +113,8 @@ def run(out: Path, quick: bool) -> dict[str, object]:
     from distrec.orchestrate.stream import front_door_column, soft_label_stream, write_history_bank
     from distrec.train.loop import WorkerTask
 
-    rows = 200_000 if quick else 500_000
-    repeats = 1 if quick else 2
+    rows = 100_000 if quick else 500_000
+    repeats = 3
     config = load_config(REPO / "jobs" / "local.yaml")
     root = synthetic(out, rows)
     manifest = Manifest.read(root)
@@ -109,7 +134,13 @@ def run(out: Path, quick: bool) -> dict[str, object]:
     if not precomputed.is_dir():
         with atomic_dir(precomputed) as tmp:
             stream().write_parquet(str(tmp))  # type: ignore[attr-defined]
-    scoring = _scoring(teachers, bank, files, columns, config.distill.score_batch_size)
+    scoring = _scoring(teachers, bank, files, columns, config.distill.score_batch_size, split=True)
+    scoring_generic = _scoring(teachers, bank, files, columns, config.distill.score_batch_size, split=False)
+    alone: list[tuple[float, float]] = []
+
+    def stream_alone() -> float:
+        alone.append(_stream_alone(stream(), config.train.batch_size))
+        return alone[-1][1]
 
     def side(dataset: object) -> float:
         task = WorkerTask(
@@ -128,6 +159,8 @@ def run(out: Path, quick: bool) -> dict[str, object]:
             "stream": lambda: side(stream()),
             "precomputed": lambda: side(ray.data.read_parquet(str(precomputed), columns=columns + soft)),
             "scoring": scoring,  # type: ignore[dict-item]
+            "scoring_generic": scoring_generic,  # type: ignore[dict-item]
+            "stream_alone": stream_alone,
         },
         repeats,
     )
@@ -135,8 +168,14 @@ def run(out: Path, quick: bool) -> dict[str, object]:
     bound = min(1.0, cores / (workers + pre / median(results["scoring"])))
     return {
         "ratio": ratio(results["stream"], results["precomputed"]),
+        "ratio_spread": spread(results["stream"], results["precomputed"]),
+        "loaded": loaded(load_before),
         "shared_cores_bound": round(bound, 3),
         "scoring_rows_per_s": round(median(results["scoring"])),
+        "scoring_generic_rows_per_s": round(median(results["scoring_generic"])),
+        "scoring_split_speedup": ratio(results["scoring"], results["scoring_generic"]),
+        "first_batch_seconds": round(median([first for first, _ in alone]), 1),
+        "steady_rows_per_s": round(median([steady for _, steady in alone])),
         "stream_samples_per_s": round(median(results["stream"])),
         "precomputed_samples_per_s": round(median(results["precomputed"])),
         "teachers": [f"{t.arch} dim {t.dim} hidden {t.hidden}" for t in config.teachers],
