@@ -4,14 +4,15 @@ Runs the benchmarks, writes ``docs/performance.md`` (atomically) and prints one 
 last line of output. Every figure is a ratio against a reference measured in the same command:
 
     a  reader_vs_raw           Parquet -> Batch (KJT) rows/s  /  raw pyarrow scan rows/s
-    b  torchrec_vs_plain       TorchRec fused teacher training samples/s  /  nn.EmbeddingBag + SparseAdam
+    b  torchrec_vs_plain       TorchRec fused teacher training samples/s  /  the faster of nn.EmbeddingBag
+                               (sparse=True) + SparseAdam and + sparse Adagrad
     c  stream_vs_precomputed   student samples/s on the live soft-label stream  /  on precomputed labels
     d  two_vs_one_worker       teacher samples/s with 2 Ray Train workers  /  with 1
-    e  rss_10m_vs_1m           peak RSS of the streamed data path on the large log  /  on a 10x smaller one
-    f  warm_vs_cold            wall time of a cold nightly reaching the warm one's held-out AUC  /  the warm one
+    e  rss_10m_vs_1m           peak PSS of the streamed data path on the large log  /  on a 10x smaller one
 
 ``--quick`` uses smaller sizes and fewer repeats (under 5 minutes on 2 cores); the JSON and the
-document say which sizes were used.
+document say which sizes were used. Each figure carries the min/median/max of its rounds' ratios
+(``spread``) and ``loaded``: true when the 1-minute load average exceeded the cores while it ran.
 """
 
 from __future__ import annotations
@@ -37,15 +38,14 @@ BENCHMARKS = {
     "c": ("stream_vs_precomputed", "benchmarks.stream"),
     "d": ("two_vs_one_worker", "benchmarks.scaling"),
     "e": ("rss_10m_vs_1m", "benchmarks.memory"),
-    "f": ("warm_vs_cold", "benchmarks.warm"),
 }
-NEEDS_RAY = {"c", "d", "f"}  # in this process; (b) and (e) start their own interpreters
+NEEDS_RAY = {"c", "d"}  # in this process; (b) and (e) start their own interpreters
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (< 5 min on 2 cores)")
-    parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated subset of a,b,c,d,e,f")
+    parser.add_argument("--only", default="a,b,c,d,e", help="comma-separated subset of a,b,c,d,e")
     parser.add_argument("--out", default="bench_out", help="cached datasets, logs and results.json")
     parser.add_argument(
         "--doc", default=None, help="where to write the report (default: docs/performance.md for a full set)"
@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     for key in [k for k in "ab" if k in selected]:
         details[key] = _one(key, out, args.quick, errors)
     if NEEDS_RAY & set(selected):
-        with ray_session(RayConfig()):  # one embedded Ray (the local defaults) for (c), (d) and (f)
-            for key in [k for k in "dcf" if k in selected]:
+        with ray_session(RayConfig()):  # one embedded Ray (the local defaults) for (c) and (d)
+            for key in [k for k in "dc" if k in selected]:
                 details[key] = _one(key, out, args.quick, errors)
     if "e" in selected:  # last, with no Ray of ours running: it measures its own
         details["e"] = _one("e", out, args.quick, errors)
@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
     summary: dict[str, object] = {BENCHMARKS[k][0]: details[k].get("ratio") for k in sorted(details)}
     summary.update(_absolute(details))
+    summary["spread"] = {BENCHMARKS[k][0]: d["ratio_spread"] for k, d in sorted(details.items()) if "ratio_spread" in d}
+    summary["loaded"] = {BENCHMARKS[k][0]: d["loaded"] for k, d in sorted(details.items()) if "loaded" in d}
     summary.update(
         {
             "quick": args.quick,
@@ -122,11 +124,22 @@ def _absolute(details: dict[str, dict[str, object]]) -> dict[str, object]:
     """A few absolute figures beside the ratios (rows/s, samples/s, MiB)."""
     keys = {
         "a": ("batch_rows_per_s", "raw_rows_per_s"),
-        "b": ("torchrec_samples_per_s", "plain_samples_per_s", "ratio_vs_plain_adagrad"),
-        "c": ("stream_samples_per_s", "precomputed_samples_per_s"),
+        "b": (
+            "torchrec_samples_per_s",
+            "plain_samples_per_s",
+            "plain_reference",
+            "ratio_vs_plain_sparseadam",
+            "ratio_vs_plain_adagrad",
+        ),
+        "c": (
+            "stream_samples_per_s",
+            "precomputed_samples_per_s",
+            "scoring_generic_rows_per_s",
+            "first_batch_seconds",
+            "steady_rows_per_s",
+        ),
         "d": ("two_workers_samples_per_s", "one_worker_samples_per_s"),
-        "e": ("ratio_max_single_process", "ratio_anon_sum", "ratio_same_file_size"),
-        "f": ("warm_seconds", "cold_seconds", "warm_auc", "cold_epochs", "reached"),
+        "e": ("ratio_rss_sum", "ratio_max_single_process", "ratio_anon_sum", "ratio_same_file_size"),
     }
     out: dict[str, object] = {}
     for k, names in keys.items():
@@ -135,7 +148,10 @@ def _absolute(details: dict[str, dict[str, object]]) -> dict[str, object]:
                 out[f"{k}_{n}"] = details[k][n]
     if "e" in details and "small" in details["e"]:
         for size in ("small", "large"):
-            out[f"e_{size}_peak_rss_sum_mib"] = details["e"][size]["peak_rss_sum_mib"]  # type: ignore[index]
+            out[f"e_{size}_peak_pss_sum_mib"] = details["e"][size]["peak_pss_sum_mib"]  # type: ignore[index]
+    for k, name in (("c", "scoring_rows_per_s"), ("e", "mib_per_million_rows")):  # the issue's own key names
+        if name in details.get(k, {}):
+            out[name] = details[k][name]
     return out
 
 
