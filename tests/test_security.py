@@ -38,6 +38,13 @@ def _session_processes() -> list[psutil.Process]:
     return [me, *found.values()]
 
 
+def _loopback(ip: str) -> bool:
+    """127.0.0.0/8 and ::1, also as an IPv4-mapped IPv6 address (gRPC listens on ``::ffff:127.0.0.1``)."""
+    address = ipaddress.ip_address(ip)
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
 def test_a_local_session_listens_on_loopback_only(ray_local: None) -> None:
     @ray.remote(num_cpus=0)
     def ping() -> str:
@@ -54,7 +61,7 @@ def test_a_local_session_listens_on_loopback_only(ray_local: None) -> None:
         listening += [(name, c.laddr.ip, c.laddr.port) for c in connections if c.status == psutil.CONN_LISTEN]
     names = {name for name, _, _ in listening}
     assert any("gcs" in n for n in names) and any("raylet" in n for n in names), listening
-    exposed = [entry for entry in listening if not ipaddress.ip_address(entry[1]).is_loopback]
+    exposed = [entry for entry in listening if not _loopback(entry[1])]
     assert not exposed, f"listening beyond loopback: {exposed}"
 
 
