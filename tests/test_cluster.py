@@ -271,11 +271,11 @@ def test_student_worker_killed_mid_epoch_resumes_from_its_mid_epoch_checkpoint(
     report = report_of(run, manifest)
     student = report["run"]["training"]["student"]
     assert "restore" in student["timers"]  # the restarted group loaded a checkpoint
-    # ... the mid-epoch one: it was not written again, and the rest of the epoch was trained after the kill
+    # ... a mid-epoch one: the first was not written again, and the rest of the epoch was trained after the kill
     checkpoints = run / "checkpoints" / "student"
     assert (checkpoints / first.name / "dcp" / ".metadata").stat().st_mtime < killed_at
     later = sorted(p for p in checkpoints.iterdir() if p.name.startswith("epoch") and p.name > first.name)
-    assert later and all(p.stat().st_mtime > killed_at for p in later)
+    assert later and later[-1].stat().st_mtime > killed_at  # the kill may land after a later checkpoint too
     assert set(nodes_of(report, "student")) == set(cluster.nodes.values())
     assert_close(report, json.loads((reference / "report.json").read_text()))
 
