@@ -9,6 +9,7 @@ last line of output. Every figure is a ratio against a reference measured in the
     c  stream_vs_precomputed   student samples/s on the live soft-label stream  /  on precomputed labels
     d  two_vs_one_worker       teacher samples/s with 2 Ray Train workers  /  with 1
     e  rss_10m_vs_1m           peak PSS of the streamed data path on the large log  /  on a 10x smaller one
+    f  warm_vs_cold            wall time of a cold nightly reaching the warm one's held-out AUC  /  the warm one
 
 ``--quick`` uses smaller sizes and fewer repeats (under 5 minutes on 2 cores); the JSON and the
 document say which sizes were used. Each figure carries the min/median/max of its rounds' ratios
@@ -38,14 +39,15 @@ BENCHMARKS = {
     "c": ("stream_vs_precomputed", "benchmarks.stream"),
     "d": ("two_vs_one_worker", "benchmarks.scaling"),
     "e": ("rss_10m_vs_1m", "benchmarks.memory"),
+    "f": ("warm_vs_cold", "benchmarks.warm"),
 }
-NEEDS_RAY = {"c", "d"}  # in this process; (b) and (e) start their own interpreters
+NEEDS_RAY = {"c", "d", "f"}  # in this process; (b) and (e) start their own interpreters
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (< 5 min on 2 cores)")
-    parser.add_argument("--only", default="a,b,c,d,e", help="comma-separated subset of a,b,c,d,e")
+    parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated subset of a,b,c,d,e,f")
     parser.add_argument("--out", default="bench_out", help="cached datasets, logs and results.json")
     parser.add_argument(
         "--doc", default=None, help="where to write the report (default: docs/performance.md for a full set)"
@@ -71,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     for key in [k for k in "ab" if k in selected]:
         details[key] = _one(key, out, args.quick, errors)
     if NEEDS_RAY & set(selected):
-        with ray_session(RayConfig()):  # one embedded Ray (the local defaults) for (c) and (d)
-            for key in [k for k in "dc" if k in selected]:
+        with ray_session(RayConfig()):  # one embedded Ray (the local defaults) for (c), (d) and (f)
+            for key in [k for k in "dcf" if k in selected]:
                 details[key] = _one(key, out, args.quick, errors)
     if "e" in selected:  # last, with no Ray of ours running: it measures its own
         details["e"] = _one("e", out, args.quick, errors)
@@ -140,6 +142,7 @@ def _absolute(details: dict[str, dict[str, object]]) -> dict[str, object]:
         ),
         "d": ("two_workers_samples_per_s", "one_worker_samples_per_s"),
         "e": ("ratio_rss_sum", "ratio_max_single_process", "ratio_anon_sum", "ratio_same_file_size"),
+        "f": ("warm_seconds", "cold_seconds", "warm_auc", "cold_epochs", "reached"),
     }
     out: dict[str, object] = {}
     for k, names in keys.items():
