@@ -51,6 +51,7 @@ def good_columns() -> dict[str, pa.Array]:
         "true_ctr": pa.array([0.1, 0.9, 0.5, 0.2, 0.0, 1.0], pa.float32()),
         "p_obs": pa.array([0.2, 0.8, 0.5, 0.3, 0.1, 0.9], pa.float32()),
         "p_do": pa.array([0.3, 0.7, 0.5, 0.3, 0.2, 0.8], pa.float32()),
+        "p_fd": pa.array([0.3, 0.6, 0.5, 0.4, 0.2, 0.7], pa.float32()),
     }
 
 
