@@ -163,7 +163,9 @@ class Console:
     def _model_line(self, name: str, r: Report, width: int) -> str:
         now = r["time"]
         last = self._rates.get(name)
-        rate = last[2] if last else 0.0
+        # the rate since the last draw; before there is one (the first of the plain lines printed every 30 s
+        # off a terminal), the mean rate since the model started training
+        rate = last[2] if last else (r["rows"] / r["elapsed"] if r["elapsed"] > 0 else 0.0)
         if last and now > last[0] and r["rows"] >= last[1]:
             rate = (r["rows"] - last[1]) / (now - last[0])
         self._rates[name] = (now, r["rows"], rate)
