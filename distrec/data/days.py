@@ -26,7 +26,6 @@ import datetime as dt
 import math
 import os
 from pathlib import Path
-from statistics import NormalDist
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -44,6 +43,7 @@ from distrec.data.synth import (
     _Partition,
     _World,
     _world,
+    session_edges,
 )
 from distrec.errors import ConfigError, DataError
 from distrec.io import atomic_dir
@@ -128,8 +128,7 @@ def synthesize_days(
     world = _world(total_users, total_items, dim, num_tags, pop_tilt, activity, confounding, seed)
     rng = _Counter(seed)
     history = _histories(world, rng, history_len, 4096)
-    proxy_sd = math.sqrt(1.0 + session_noise**2)
-    edges = np.array([proxy_sd * NormalDist().inv_cdf(q / SESSION_BUCKETS) for q in range(1, SESSION_BUCKETS)])
+    edges = session_edges(session_noise)
     trend = np.random.default_rng([seed, 1]).standard_normal(total_items)
     n_valid, n_ood = int(rows_per_day * valid_fraction), int(rows_per_day * ood_fraction)
     sizes = {"train": rows_per_day - n_valid - n_ood, "valid": n_valid, "test_ood": n_ood}

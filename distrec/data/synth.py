@@ -329,6 +329,12 @@ def _plan(rows: int, days: int, random_fraction: float) -> list[_Partition]:
     return [_Partition(s, d, n, int(o), f, r, c) for (s, d, n, f, r, c), o in zip(specs, offsets[:-1], strict=True)]
 
 
+def session_edges(session_noise: float) -> np.ndarray:
+    """Bucket edges of ``conf_session``: the SESSION_BUCKETS quantiles of the proxy V + session_noise * eps."""
+    proxy_sd = math.sqrt(1.0 + session_noise**2)  # V is N(0, 1); the proxy adds independent noise
+    return np.array([proxy_sd * NormalDist().inv_cdf(q / SESSION_BUCKETS) for q in range(1, SESSION_BUCKETS)])
+
+
 TRUTH_BLOCK = 8_192  # rows per block of the [rows, mediators, nodes] quadrature
 
 
@@ -340,7 +346,8 @@ def _truths(
     nodes, prior, posterior = _quadrature(world.confounding)
     p_obs, p_do = np.empty(len(items)), np.empty(len(items))
     for lo in range(0, len(items), TRUTH_BLOCK):
-        i, hi = items[lo : lo + TRUTH_BLOCK], lo + len(items[lo : lo + TRUTH_BLOCK])
+        hi = min(len(items), lo + TRUTH_BLOCK)
+        i = items[lo:hi]
         eta = world.mediated(i) + (W_U * world.social[i] * trait[lo:hi])[:, None]  # [B, M]
         click = np.einsum("bmn,bm->bn", _sigmoid(eta[:, :, None] + W_V * nodes), probs[lo:hi])  # [B, nodes]
         p_do[lo:hi] = click @ prior
@@ -475,8 +482,7 @@ def synthesize(
     rng = _Counter(seed)
     history = _histories(world, rng, history_len, max(1, 1_000_000 // items))
     front_door = _front_door_table(world)
-    proxy_sd = math.sqrt(1.0 + session_noise**2)  # V is N(0, 1); the proxy adds independent noise
-    edges = np.array([proxy_sd * NormalDist().inv_cdf(q / SESSION_BUCKETS) for q in range(1, SESSION_BUCKETS)])
+    edges = session_edges(session_noise)
 
     manifest = Manifest(
         name=name,
