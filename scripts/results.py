@@ -2,6 +2,9 @@
 
 Each experiment is one ``distrec run ... ablation=true`` in its own process; the tables are rebuilt
 from the runs' report.json files after every run, so a partial sweep still leaves a valid document.
+Finished runs are listed in ``runs/results-index.json``: a later invocation (another ``--only``, or a
+restart after a kill) skips the runs already there and rebuilds the tables from all of them.
+A run that fails is reported and the sweep goes on with the next one.
 """
 
 from __future__ import annotations
@@ -137,6 +140,17 @@ def document(done: dict[str, list[tuple[list[str], Path]]], seconds: dict[str, f
     return "\n".join(out) + "\n" + reading
 
 
+INDEX = REPO / "runs" / "results-index.json"
+
+
+def load_index() -> dict[str, list[dict]]:
+    """Experiment -> its finished runs ({overrides, run_dir, seconds}) whose report.json still exists."""
+    if not INDEX.is_file():
+        return {}
+    index = json.loads(INDEX.read_text())
+    return {n: [r for r in runs if (Path(r["run_dir"]) / "report.json").is_file()] for n, runs in index.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -146,24 +160,32 @@ def main() -> None:
     for out, (source, flags) in imports().items():
         if not (REPO / out / "manifest.json").is_file() and source.is_file():
             print(distrec("data", "import", *flags, "--out", out), flush=True)
-    done: dict[str, list[tuple[list[str], Path]]] = {}
-    seconds: dict[str, float] = {}
+    index = load_index()
+    target = REPO / args.out
     for name, runs in experiments(args.seeds).items():
         if args.only and name not in args.only:
             continue
         for overrides in runs:
+            if any(r["overrides"] == overrides for r in index.get(name, [])):
+                continue
             data = next((o.split("=", 1)[1] for o in overrides if o.startswith("data.path=")), None)
             if data and not (REPO / data / "manifest.json").is_file():
                 print(f"skipping {name}: {data} is missing", flush=True)
                 break
             started = time.time()
-            run_dir = REPO / distrec("run", "jobs/local.yaml", *overrides)
-            seconds[name] = seconds.get(name, 0.0) + time.time() - started
-            done.setdefault(name, []).append((overrides, run_dir))
-            target = REPO / args.out
+            try:
+                run_dir = REPO / distrec("run", "jobs/local.yaml", *overrides)
+            except RuntimeError as err:
+                print(f"{name} {' '.join(overrides)}: {err}", flush=True)
+                continue
+            seconds = time.time() - started
+            index.setdefault(name, []).append({"overrides": overrides, "run_dir": str(run_dir), "seconds": seconds})
+            atomic_write_text(INDEX, json.dumps(index, indent=1))
             previous = target.read_text() if target.is_file() else ""
-            atomic_write_text(target, document(done, seconds, previous))
-            print(f"{name}: {run_dir} ({time.time() - started:.0f} s)", flush=True)
+            done = {n: [(r["overrides"], Path(r["run_dir"])) for r in rs] for n, rs in index.items() if rs}
+            totals = {n: sum(r["seconds"] for r in rs) for n, rs in index.items()}
+            atomic_write_text(target, document(done, totals, previous))
+            print(f"{name}: {run_dir} ({seconds:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

@@ -107,8 +107,8 @@ def nodes_of(report: dict[str, Any], name: str) -> list[str]:
 
 def assert_close(got: dict[str, Any], want: dict[str, Any], models: tuple[str, ...] = MODELS) -> None:
     """Within noise of the undisturbed run: test AUC within 0.03 (600 rows per test split: a standard
-    error of about 0.02), logloss within 0.01. A resumed run is not bitwise the same: the CRL critic's
-    own Adam state is not in the checkpoint, and random streams restart at it."""
+    error of about 0.02), logloss within 0.01. A resumed run is not bitwise the same: the random
+    streams restart at the checkpoint."""
     for name in models:
         for split in ("test_id", "test_ood"):
             for metric, tolerance in (("auc", 0.03), ("logloss", 0.01)):
@@ -286,10 +286,10 @@ def test_scorer_killed_mid_stream_is_restarted_and_every_row_gets_one_soft_label
 ) -> None:
     root, manifest = tiny_dataset
     partial = partial_copy(reference, tmp_path / "scorer.partial", ("fm", "base"), soft_labels=False)
-    first_rows = partial / "soft_labels.partial" / "part-00000.parquet"  # created with the first scored batch
     driver = Driver(cluster, ["--resume", str(partial)], tmp_path / "driver.log")
+    # Killed as soon as it is seen alive: it scores a whole read block per call and runs ahead of the
+    # driver's writer, so by the time the first soft labels reach the disk it has often scored them all.
     (scorer,) = driver.actors(cluster, SCORER, 1)
-    driver.wait_for(first_rows.is_file, "first soft labels")
     os.kill(scorer["pid"], signal.SIGKILL)
     assert not (partial / "soft_labels").exists(), "the stream ended before the kill"
     driver.finish()

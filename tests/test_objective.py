@@ -189,7 +189,7 @@ def test_critic_takes_critic_steps_adam_steps_on_detached_z(estimator: str) -> N
         objective.zero_grad(set_to_none=True)
         if step == 1:
             objective(batch.as_padding())[0].backward()  # no critic step on padding
-    optimizer = objective.loss._critic_optimizer
+    optimizer = objective.loss.critic_optimizer()
     assert optimizer is not None
     assert {optimizer.state[p]["step"].item() for p in critic.parameters()} == {12.0}
     for (name, p), q in zip(critic.named_parameters(), reference.parameters(), strict=True):
@@ -424,7 +424,7 @@ def _dmp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
                 "critic": {k: v.detach().clone() for k, v in critic.state_dict().items()},
                 "critic_grads_none": all(p.grad is None for p in critic.parameters()),
                 "critic_adam_steps": sorted(
-                    {loss_module._critic_optimizer.state[p]["step"].item() for p in critic.parameters()}
+                    {loss_module.critic_optimizer().state[p]["step"].item() for p in critic.parameters()}
                 ),
                 "dense": {k: v.detach().clone() for k, v in dense.items()},
                 "dense_has_grad": sum(v.grad is not None for v in dense.values()),
@@ -455,3 +455,56 @@ def test_critic_under_dmp_and_train_pipeline(tmp_path: Path) -> None:
         assert not torch.equal(v, r0["init"][k]), k  # and trained
     for k, v in r0["dense"].items():
         assert torch.equal(v, r1["dense"][k]), k  # DDP's replicas, for comparison
+
+
+# --- the critic's optimiser state in checkpoints ---------------------------------------------------------
+
+
+def test_checkpoint_restores_the_critics_adam_state(tmp_path: Path) -> None:
+    """A student resumed from a checkpoint takes the same critic steps as one never stopped: the
+    critic's own Adam moments and step count travel with the sharded checkpoint (one gloo rank)."""
+    from torchrec.optim.keyed import KeyedOptimizerWrapper
+
+    from distrec.train import checkpoint
+
+    crl = CRLConfig(beta=1.0, critic_steps=2, critic_lr=1e-2)
+
+    def main_optimizer(objective: Objective) -> KeyedOptimizerWrapper:
+        dense = {n: p for n, p in objective.named_parameters() if ".critic." not in n}
+        return KeyedOptimizerWrapper(dense, lambda ps: torch.optim.Adam(ps, lr=1e-2))
+
+    def step(objective: Objective, optimizer: KeyedOptimizerWrapper, seed: int) -> None:
+        loss, _ = objective(builder(tiny_table(64, seed=seed)))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        group = dist.new_group(backend="gloo")
+        first, builder = tiny_objective(DistillConfig(weight=1.0), crl, seed=0)
+        first.train()
+        first_opt = main_optimizer(first)
+        for seed in (20, 21):
+            step(first, first_opt, seed)
+        progress = torch.zeros(3, dtype=torch.float64)
+        checkpoint.save(first, first_opt, progress, tmp_path / "dcp", group)
+
+        second, _ = tiny_objective(DistillConfig(weight=1.0), crl, seed=1)  # other initial weights
+        second.train()
+        second_opt = main_optimizer(second)
+        checkpoint.load(second, second_opt, tmp_path / "dcp", group, progress)
+        saved, loaded = first.loss.critic_optimizer(), second.loss.critic_optimizer()
+        assert saved is not None and loaded is not None
+        assert [loaded.state[p]["step"].item() for p in second.loss.critic.parameters()] == [4.0] * len(
+            list(first.loss.critic.parameters())
+        )
+        for objective, optimizer in ((first, first_opt), (second, second_opt)):
+            step(objective, optimizer, 22)
+        for (name, p), q in zip(first.named_parameters(), second.parameters(), strict=True):
+            torch.testing.assert_close(p, q, msg=name)
+    finally:
+        dist.destroy_process_group()

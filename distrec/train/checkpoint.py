@@ -1,4 +1,4 @@
-"""Sharded checkpoints with ``torch.distributed.checkpoint``: model, fused optimizer state, position.
+"""Sharded checkpoints with ``torch.distributed.checkpoint``: model, optimizer states, position.
 
 Every rank writes its own shards (``__<rank>_0.distcp``) into a local directory and reports it to
 Ray Train under one shared checkpoint name, so Ray merges the ranks' files into one checkpoint in
@@ -21,6 +21,7 @@ from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 
 from distrec.errors import CheckpointError
+from distrec.train.objective import Loss
 
 
 def _tensors(tree: Any, path: str = "") -> dict[str, Any]:
@@ -36,11 +37,16 @@ def _tensors(tree: Any, path: str = "") -> dict[str, Any]:
 
 
 def _state(model: nn.Module, optimizer: Any, progress: torch.Tensor, rank: int) -> dict[str, Any]:
-    return {
+    state = {
         "model": model.state_dict(),
         "optim": _tensors(optimizer.state_dict()["state"]),
         f"progress_rank{rank}": progress,  # per-rank: DCP saves same-named plain tensors once
     }
+    # the CRL critic's own Adam, outside the main optimiser; a replica kept identical on every rank
+    critics = [m.critic_optimizer() for m in model.modules() if isinstance(m, Loss) and m.critic is not None]
+    if critics:
+        state["critic_optim"] = _tensors(critics[0].state_dict()["state"])
+    return state
 
 
 def save(model: nn.Module, optimizer: Any, progress: torch.Tensor, directory: Path, group: dist.ProcessGroup) -> None:

@@ -128,6 +128,27 @@ class Loss(nn.Module):
             dist.all_reduce(x, group=self.process_group)
         return x
 
+    def critic_optimizer(self) -> torch.optim.Optimizer | None:
+        """The critic's own Adam (None without a critic), with its state materialised.
+
+        Created on first use, after DistributedModelParallel has materialised the critic's parameters.
+        Its state exists before the first step (zero moments at step 0, which is what Adam's first step
+        would create), so a checkpoint can hold it from the start and be loaded into it in place.
+        """
+        if self.critic is None or self.crl is None:
+            return None
+        if self._critic_optimizer is None:
+            self._critic_optimizer = torch.optim.Adam(list(self.critic.parameters()), lr=self.crl.critic_lr)
+        optimizer = self._critic_optimizer
+        for p in self.critic.parameters():
+            if not optimizer.state[p]:
+                optimizer.state[p] = {
+                    "step": torch.zeros((), dtype=torch.float32),
+                    "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                    "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+                }
+        return optimizer
+
     def _train_critic(
         self,
         z: torch.Tensor,
@@ -142,10 +163,9 @@ class Loss(nn.Module):
         every replica takes the same step; no step when no rank has a live row. Returns the loss
         before the first step (the critic's fit on rows it has not trained on yet), 0 on padding.
         """
-        assert self.critic is not None and self.crl is not None
+        optimizer = self.critic_optimizer()
+        assert self.critic is not None and optimizer is not None
         params = list(self.critic.parameters())
-        if self._critic_optimizer is None:
-            self._critic_optimizer = torch.optim.Adam(params, lr=self.crl.critic_lr)
         first = torch.zeros((), dtype=z.dtype, device=z.device)
         if global_weight.item() <= 0:  # every rank skips together: global_weight is the same everywhere
             return first
@@ -170,8 +190,8 @@ class Loss(nn.Module):
             for p in params:
                 p.grad = flat[offset : offset + p.numel()].view_as(p)
                 offset += p.numel()
-            self._critic_optimizer.step()
-            self._critic_optimizer.zero_grad(set_to_none=True)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         return first
 
 
