@@ -76,6 +76,10 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # the decayed learning rate at the last planned step, relative to the peak
     patience: int = 2  # stop after this many epochs without a better valid AUC (0: never stop early)
     select_best: bool = True  # keep the export of the best epoch on valid (False: of the last epoch)
+    # The split each epoch is validated on (best epoch, early stopping, ``distrec tune``'s objective):
+    # valid (the logging policy) or valid_random (uniformly random exposure, where the dataset has it).
+    # Only valid_random can show a gain under an exposure shift, so it is the one to tune CRL on.
+    valid_split: str = "valid"
     device: str = "cpu"  # cpu (gloo) | cuda (nccl)
     # Allowed TorchRec sharding types; empty: every type the device supports except data_parallel.
     sharding_types: list[str] = field(default_factory=list)
@@ -121,6 +125,13 @@ class CRLConfig:
     beta: float = 0.1
     estimator: str = "nce_club"  # nce_club | club
     conditional: bool = False  # I(Z; C | Y) instead of I(Z; C)
+    # Z: "penultimate", the model's representation (the 'mlp' architecture's read-out input), or "score",
+    # its 1-d logit (any architecture). A wide Z can hide the exposure from the critic while the
+    # read-out still uses it (docs/results.md: train_mi fell to 0 at beta 1 and nothing changed); the
+    # score has nowhere to hide it. The do-predictor's score is independent of C when what C steers the
+    # exposure by is unrelated to preference (the synthetic SCM's item sign); where C picks better items
+    # (a position), penalising the score would remove real signal: use penultimate there.
+    representation: str = "penultimate"
     critic_hidden: int = 32
     # The critic must track Z: tests/test_objective.py's known-answer case works at 3x the encoder's
     # learning rate with 2 critic steps, and stops working at 1x (``check_crl``).
@@ -366,6 +377,7 @@ SPARSE_OPTIMIZERS = {
 
 # Ray placement-group strategies (ray.util.placement_group)
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+VALID_SPLITS = ("valid", "valid_random")  # never a test split
 
 
 def check_train(train: TrainConfig, errors: Errors) -> None:
@@ -390,6 +402,7 @@ def check_train(train: TrainConfig, errors: Errors) -> None:
         errors.at_least(f"train.{key}", getattr(train, key), 0, strict=True)
     errors.within("train.min_lr_ratio", train.min_lr_ratio, 0.0, 1.0)
     errors.choice("train.placement_strategy", train.placement_strategy, PLACEMENT_STRATEGIES)
+    errors.choice("train.valid_split", train.valid_split, VALID_SPLITS)
     errors.at_least("train.collective_timeout_s", train.collective_timeout_s, 0, strict=True)
 
 
@@ -398,6 +411,7 @@ DISTILL_TARGETS = ("front_door", "conditional")
 DISTILL_SCHEDULES = ("constant", "linear_warmup")
 SOFT_LABEL_MODES = ("precompute", "stream")
 MI_ESTIMATORS = ("nce_club", "club")
+CRL_REPRESENTATIONS = ("penultimate", "score")
 
 
 def check_causal(distill: DistillConfig, crl: CRLConfig, errors: Errors) -> None:
@@ -421,6 +435,7 @@ def check_causal(distill: DistillConfig, crl: CRLConfig, errors: Errors) -> None
     if distill.schedule == "constant" and distill.warmup_steps != 0:
         errors.add(f"distill.warmup_steps={distill.warmup_steps} needs distill.schedule=linear_warmup")
     errors.choice("crl.estimator", crl.estimator, MI_ESTIMATORS)
+    errors.choice("crl.representation", crl.representation, CRL_REPRESENTATIONS)
     errors.at_least("crl.beta", crl.beta, 0)
     errors.at_least("crl.critic_hidden", crl.critic_hidden, 1)
     errors.at_least("crl.critic_lr", crl.critic_lr, 0, strict=True)

@@ -425,3 +425,18 @@ def test_bad_override_exits_3_within_seconds(
     for message in messages:
         assert re.search(message, err), err
     assert_nothing_written(runs)
+
+
+def test_a_validation_split_the_dataset_lacks_exits_3(
+    dataset: tuple[Path, Manifest], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, _ = dataset
+    manifest = json.loads((root / MANIFEST).read_text())
+    del manifest["splits"]["valid_random"], manifest["rows"]["valid_random"]
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    shutil.rmtree(root / "valid_random")
+    runs = tmp_path / "runs"
+    assert main(run_args(root, runs, "train.valid_split=valid_random")) == 3
+    err = capsys.readouterr().err
+    assert f"train.valid_split=valid_random: {root / MANIFEST} has no valid_random split" in err, err
+    assert_nothing_written(runs)

@@ -43,8 +43,10 @@ def test_layout_and_manifest(dataset: tuple[Path, Manifest, dict[str, pa.Table]]
         "test_id": ["ds=2026-01-07"],
         "test_ood": ["ds=2026-01-07"],
         "test_do": ["ds=2026-01-07"],
+        "valid_random": ["ds=2026-01-06"],
     }
-    assert manifest.rows == {"train": 42_000, "valid": 4_500, "test_id": 4_500, "test_ood": 4_500, "test_do": 4_500}
+    eval_rows = {s: 4_500 for s in ("valid", "test_id", "test_ood", "test_do", "valid_random")}
+    assert manifest.rows == {"train": 42_000, **eval_rows}
     assert {s: t.num_rows for s, t in tables.items()} == manifest.rows
     assert manifest.has_true_ctr and manifest.history_max_len == 20
     assert manifest.cardinality == {"user_id": 800, "item_id": ITEMS, "item_tag": 16}
@@ -67,6 +69,9 @@ def test_policies_propensities_and_ctr(dataset: tuple[Path, Manifest, dict[str, 
     assert set(policy[is_random]) == {"random"} and set(policy[~is_random]) == {"policy_ts"}
     assert np.allclose(train["propensity"].to_numpy()[is_random], 1 / ITEMS)
     assert set(tables["test_ood"]["policy"].to_pylist()) == {"policy_flipped"}
+    assert set(tables["valid_random"]["policy"].to_pylist()) == {"random"}
+    assert tables["valid_random"]["is_random"].to_numpy().all()
+    assert np.allclose(tables["valid_random"]["propensity"].to_numpy(), 1 / ITEMS)
     for split, table in tables.items():
         label, ctr = table["label"].to_numpy(), table["true_ctr"].to_numpy()
         assert 0.2 < label.mean() < 0.35, split

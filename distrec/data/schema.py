@@ -51,8 +51,9 @@ P_DO = "p_do"  # synthetic: the interventional probability P(Y | u, x, do(i)), t
 P_FD = "p_fd"  # synthetic: the front-door target P(Y | do(x), i), the user confounder averaged out
 TRUTHS = (TRUE_CTR, P_OBS, P_DO, P_FD)
 
-# test_ood: the exposure policy flipped; test_do (synthetic): the history set by intervention
-SPLITS = ("train", "valid", "test_id", "test_ood", "test_do")
+# test_ood: the exposure policy flipped; test_do (synthetic): the history set by intervention;
+# valid_random: a validation split under uniformly random exposure, to select on what a shift rewards
+SPLITS = ("train", "valid", "test_id", "test_ood", "test_do", "valid_random")
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 

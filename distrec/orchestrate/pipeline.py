@@ -163,6 +163,7 @@ def open_run(config: Config, resume: Path | None = None) -> RunContext:
     root = prepare_dataset(config)
     manifest = Manifest.read(root)
     check_confounders(config, manifest, root)
+    check_valid_split(config, manifest, root)
     check_models(config, run_dir)
     if saved.is_file():
         log.info("resuming %s", run_dir)
@@ -185,6 +186,16 @@ def check_models(config: Config, run_dir: Path) -> None:
     for name in model_names(config):
         if (run_dir / "models" / name / TRAINING).is_file():
             read_export(run_dir / "models" / name, mmap=True)
+
+
+def check_valid_split(config: Config, manifest: Manifest, root: Path) -> None:
+    """The split ``train.valid_split`` names must be in the dataset (before Ray starts)."""
+    split = config.train.valid_split
+    if split != "valid" and not manifest.splits.get(split):
+        raise ConfigError(
+            f"train.valid_split={split}: {root / MANIFEST} has no {split} split; its splits are "
+            f"{sorted(manifest.splits)}"
+        )
 
 
 def check_confounders(config: Config, manifest: Manifest, root: Path) -> None:

@@ -6,9 +6,10 @@ constraints -> DistributedModelParallel -> CombinedOptimizer. The loop itself fo
 benchmark runner: ``setup``, ``train_epoch`` (one ``train_step`` per batch), ``validate`` and
 ``save_checkpoint`` hooks, each timed by name (``Worker.timers``).
 
-Every epoch ends with a ``valid`` pass. The loop keeps the unsharded export of the epoch with the
-best valid AUC (``train.select_best``) and stops early after ``train.patience`` epochs without a
-better one; the per-epoch curve (train loss terms, valid AUC and logloss) goes to the metrics.
+Every epoch ends with a pass over the validation split (``train.valid_split``). The loop keeps the
+unsharded export of the epoch with the best valid AUC (``train.select_best``) and stops early after
+``train.patience`` epochs without a better one; the per-epoch curve (train loss terms, valid AUC and
+logloss) goes to the metrics.
 """
 
 from __future__ import annotations
@@ -211,7 +212,7 @@ class Worker:
             if task.shards is None
             else None
         )
-        self.valid_files = [str(f) for f in self.manifest.files(task.dataset, "valid")]
+        self.valid_files = [str(f) for f in self.manifest.files(task.dataset, train.valid_split)]
 
         per_rank_rows = -(-int(self.manifest.rows.get("train") or 0) // self.world)
         steps_per_epoch = max(1, -(-per_rank_rows // train.batch_size))
@@ -337,7 +338,8 @@ class Worker:
             yield out
 
     def validate(self) -> dict[str, float]:
-        """AUC and logloss on the ``valid`` split, every rank scoring its share; identical on all ranks."""
+        """AUC and logloss on ``train.valid_split`` (``valid_*`` whichever it is), every rank scoring its
+        share; identical on all ranks."""
         from distrec.data.reader import ShardReader
         from distrec.train.feed import lockstep, to_batches
 

@@ -3,6 +3,8 @@
     teacher / base:   BCE(y, s)
     student:          BCE(y, s) + lambda_t * KD(y_soft, s) + beta_t * I_hat(Z; C)
 
+with Z the model's representation or, with ``crl.representation=score``, the logit s itself.
+
 lambda_t and beta_t follow their warm-up schedules (``distill.schedule``, ``crl.warmup_steps``) over
 the count of training steps, a buffer of ``Loss``. The critic of I_hat is not part of that loss: it
 alternates with the student. Each training forward first gives the critic ``crl.critic_steps``
@@ -71,7 +73,10 @@ class Loss(nn.Module):
         self.critic = None
         if self.crl is not None:
             if representation_dim is None:
-                raise ValueError("crl needs a model that exposes its representation Z (the 'mlp' architecture)")
+                raise ValueError(
+                    "crl.representation=penultimate needs a model that exposes its representation Z (the 'mlp' "
+                    "architecture); crl.representation=score works with any"
+                )
             self.critic = make_mi_estimator(
                 self.crl.estimator,  # type: ignore[arg-type]
                 representation_dim,
@@ -207,14 +212,20 @@ class Objective(nn.Module):
     ) -> None:
         super().__init__()
         self.model = model
-        self.loss = Loss(distill, crl, getattr(model, "representation_dim", None), confounder_cardinalities or [])
+        # Z for CRL: the model's representation, or its score (crl.representation)
+        self.penalises_score = crl is not None and crl.representation == "score"
+        representation_dim = 1 if self.penalises_score else getattr(model, "representation_dim", None)
+        self.loss = Loss(distill, crl, representation_dim, confounder_cardinalities or [])
         self.needs_representation = self.loss.critic is not None
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, StepOutput]:
-        if self.needs_representation:
-            logits, z = self.model.logits_and_representation(batch)
-        else:
+        if not self.needs_representation:
             logits, z = self.model(batch), None
+        elif self.penalises_score:
+            logits = self.model(batch)
+            z = logits.unsqueeze(-1)
+        else:
+            logits, z = self.model.logits_and_representation(batch)
         out = self.loss(logits, z, batch)
         loss, components = out[0], out[1]  # indexing, not unpacking: ``out`` is a Proxy under FX tracing
         return loss, StepOutput(loss.detach(), logits.detach(), batch.labels, batch.weights, components)
