@@ -70,7 +70,9 @@ def test_tune_searches_on_valid_and_writes_the_best_config(
 ) -> None:
     root, _ = tiny_dataset
     space = "tune.space={train.sparse_lr: [0.01, 0.3]}"
-    args = ["tune", "jobs/local.yaml", f"data.path={root}", f"runs_dir={tmp_path}", "run_id=t", *TINY, space]
+    # a relative data path (as data.cache_dir is by default): Ray Tune runs each trial in a directory of its own
+    relative = os.path.relpath(root)
+    args = ["tune", "jobs/local.yaml", f"data.path={relative}", f"runs_dir={tmp_path}", "run_id=t", *TINY, space]
     assert main(args) == 0
     result = json.loads((tmp_path / "t" / "tune.json").read_text())
     assert result["target"] == "base" and result["metric"] == "valid_auc"

@@ -68,9 +68,10 @@ def synthetic_dataset(config: Config) -> Path:
 
 
 def prepare_dataset(config: Config) -> Path:
+    """The checked dataset's root, absolute: Ray Tune runs each trial in a working directory of its own."""
     root = Path(config.data.path) if config.data.path else synthetic_dataset(config)
     check_dataset(root, Manifest.read(root), values=config.data.validate)
-    return root
+    return root.absolute()
 
 
 @contextmanager
