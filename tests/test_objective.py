@@ -153,7 +153,9 @@ def test_lambda_and_beta_warm_up_over_live_training_steps() -> None:
 
 
 def test_components_are_the_unweighted_terms() -> None:
-    objective, builder = tiny_objective(DistillConfig(weight=0.3, loss="kl"), CRLConfig(beta=0.7))
+    objective, builder = tiny_objective(
+        DistillConfig(weight=0.3, loss="kl"), CRLConfig(beta=0.7, representation="penultimate")
+    )
     objective.train()
     batch = builder(tiny_table(128, seed=3))
     loss, out = objective(batch)
@@ -171,7 +173,7 @@ def test_components_are_the_unweighted_terms() -> None:
 
 @pytest.mark.parametrize("estimator", ["nce_club", "club"])
 def test_critic_takes_critic_steps_adam_steps_on_detached_z(estimator: str) -> None:
-    crl = CRLConfig(beta=1.0, estimator=estimator, critic_steps=3, critic_lr=1e-2)
+    crl = CRLConfig(beta=1.0, estimator=estimator, critic_steps=3, critic_lr=1e-2, representation="penultimate")
     objective, builder = tiny_objective(DistillConfig(weight=1.0), crl)
     objective.train()
     critic = objective.loss.critic

@@ -29,7 +29,10 @@ def finished_run(
 ) -> Path:
     root, _ = tiny_dataset
     runs = tmp_path_factory.mktemp("runs")
-    code = main(["run", "jobs/local.yaml", f"data.path={root}", f"runs_dir={runs}", "run_id=tiny", *TINY])
+    # about 5 steps: the default beta 1 on the score from the first step holds the student at chance here
+    # (test_id AUC 0.48 measured); this contract is about the report, so the penalty is kept light
+    overrides = [f"data.path={root}", f"runs_dir={runs}", "run_id=tiny", *TINY, "crl.beta=0.1"]
+    code = main(["run", "jobs/local.yaml", *overrides])
     assert code == 0
     return runs / "tiny"
 
