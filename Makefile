@@ -24,6 +24,7 @@ test-all: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check distrec tests benchmarks scripts
 	$(VENV)/bin/ruff format --check distrec tests benchmarks scripts
+	$(VENV)/bin/mypy distrec
 
 # Throughput and memory ratios; prints one JSON line last and writes docs/performance.md.
 # Quick variant (< 5 min on 2 cores): make bench BENCH_ARGS=--quick
@@ -31,4 +32,4 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
 clean:
-	rm -rf runs .pytest_cache .ruff_cache
+	rm -rf runs .pytest_cache .ruff_cache .mypy_cache

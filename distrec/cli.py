@@ -9,6 +9,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 from distrec.errors import DistrecError
 
@@ -190,7 +191,8 @@ def _data_days(args: argparse.Namespace) -> None:
         seed=args.seed,
         overwrite=args.overwrite,
     )
-    print(f"{args.out}: {len(manifest.source['days'])} days, {sum(manifest.rows.values())} rows {manifest.rows}")
+    days = cast(dict[str, Any], manifest.source["days"])
+    print(f"{args.out}: {len(days)} days, {sum(manifest.rows.values())} rows {manifest.rows}")
 
 
 def _data_append(args: argparse.Namespace) -> None:
@@ -205,7 +207,7 @@ def _data_append(args: argparse.Namespace) -> None:
             f"{', '.join(names + (['--overwrite'] if args.overwrite else []))}"
         )
     manifest = append_interactions(Path(args.interactions), Path(args.out), new_ids=args.new_ids or "index")
-    appended = manifest.source["appends"][-1]
+    appended = cast(list[dict[str, Any]], manifest.source["appends"])[-1]
     card = manifest.cardinality
     print(
         f"{args.out}: appended {appended['days']} (unseen ids {appended['unseen_ids']}, {appended['new_ids']}); "

@@ -132,6 +132,7 @@ def synthesize_days(
     trend = np.random.default_rng([seed, 1]).standard_normal(total_items)
     n_valid, n_ood = int(rows_per_day * valid_fraction), int(rows_per_day * ood_fraction)
     sizes = {"train": rows_per_day - n_valid - n_ood, "valid": n_valid, "test_ood": n_ood}
+    day_rows: dict[str, dict[str, int]] = {}  # manifest.source["days"], filled day by day
     manifest = Manifest(
         name=name,
         sparse=[
@@ -156,7 +157,7 @@ def synthesize_days(
                 "confounding_after": confounding_after,
                 "start_day": START_DAY.isoformat(),
             },
-            "days": {},
+            "days": day_rows,
         },
     )
     schema = manifest.schema()
@@ -182,7 +183,7 @@ def synthesize_days(
                 pq.write_table(table, tmp / split / ds / "part-00000.parquet")
                 manifest.splits.setdefault(split, []).append(ds)
                 manifest.rows[split] = manifest.rows.get(split, 0) + rows
-            manifest.source["days"][ds.removeprefix("ds=")] = {s: n for s, n in sizes.items() if n}
+            day_rows[ds.removeprefix("ds=")] = {s: n for s, n in sizes.items() if n}
         manifest.write(tmp)
     return manifest
 

@@ -76,6 +76,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -938,7 +939,7 @@ def append_interactions(interactions: Path, dataset: Path, *, new_ids: str = "in
     if new_ids not in NEW_IDS:
         raise ConfigError(f"new_ids {new_ids!r}: expected one of {list(NEW_IDS)}")
     manifest = Manifest.read(dataset)
-    source = dict(manifest.source)
+    source: dict[str, Any] = dict(manifest.source)  # the manifest's JSON record, written by the import
     where = dataset / MANIFEST
     if source.get("importer") != "distrec.data.importer":
         raise DataError(f"{where}: not written by `distrec data import`; --append extends imported datasets only")
@@ -951,10 +952,16 @@ def append_interactions(interactions: Path, dataset: Path, *, new_ids: str = "in
     extra_sparse = tuple(n for n in sparse if n not in (USER, ITEM))
     explicit = tuple(c for c in manifest.confounders if c not in derived)
     raw: dict[str, str | None] = source["columns"]
-    cols = _Columns(
-        *(raw[k] for k in ("user", "item", "label", "time")),
-        *(raw.get(k) for k in ("policy", "propensity", "random", "position")),
-        (*extra_sparse, *explicit),
+    cols = _Columns(  # the import always records the user, item, label and time columns
+        user=cast(str, raw["user"]),
+        item=cast(str, raw["item"]),
+        label=cast(str, raw["label"]),
+        time=cast(str, raw["time"]),
+        policy=raw.get("policy"),
+        propensity=raw.get("propensity"),
+        random=raw.get("random"),
+        position=raw.get("position"),
+        categorical=(*extra_sparse, *explicit),
     )
     threshold, time_unit = source.get("label_threshold"), str(source.get("time_unit", "s"))
     log = _load(interactions, read_table(interactions), cols, threshold, time_unit)
@@ -992,9 +999,9 @@ def append_interactions(interactions: Path, dataset: Path, *, new_ids: str = "in
                 )
             columns[name] = codes.astype(np.int64)
         else:
-            column = cols.policy if name == CONF_POLICY else cols.position
+            raw_column = cols.policy if name == CONF_POLICY else cols.position
             values = log.policy if name == CONF_POLICY else log.position
-            columns[name] = _known_codes(interactions, str(column), values, vocab[name])
+            columns[name] = _known_codes(interactions, str(raw_column), values, vocab[name])
     columns |= {
         LABEL: log.label,
         TS: log.ts,

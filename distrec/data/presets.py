@@ -136,7 +136,7 @@ def prepare_movielens(options: Mapping[str, Any], main: pa.Table, ood: pa.Table 
     if ood is not None and others is not None:
         other = pc.index_in(others, value_set=vocab).fill_null(unseen).to_numpy()
         ood = ood.append_column(CONF_POPULARITY, bucketize(counts[other].astype(np.float64), edges))
-    notes = {"conf_popularity": {"of": item, "rating_count_edges": edges.tolist(), "bins": BINS}}
+    notes: dict[str, object] = {"conf_popularity": {"of": item, "rating_count_edges": edges.tolist(), "bins": BINS}}
     return main, ood, notes
 
 
@@ -225,12 +225,12 @@ def prepare_open_bandit(options: Mapping[str, Any], main: pa.Table, ood: pa.Tabl
         table = table.append_column(OBD_USER, user).append_column(
             OBD_POLICY, pa.repeat(pa.scalar(policy), table.num_rows)
         )
-        if context is not None:
+        if context is not None and context_path is not None:  # both set or neither
             rows = _item_lookup(context_path, context, item, table[item])
             for feature in OBD_ITEM_FEATURES:
                 table = table.append_column(feature, _plain(context[feature]).take(rows))
         out.append(table)
-    notes = {
+    notes: dict[str, object] = {
         "user_id": f"{OBD_USER}: {'|'.join(OBD_USER_FEATURES)}",
         "policies": {str(path): policy for path, _, policy in logs},
         "item_context": str(context_path) if context_path else None,

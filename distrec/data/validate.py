@@ -7,6 +7,7 @@ Every check is vectorised with ``pyarrow.compute``; all problems of a table are 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeAlias
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -15,7 +16,7 @@ import pyarrow.parquet as pq
 from distrec.data.schema import HISTORY, ITEM, LABEL, MANIFEST, PROPENSITY, SPLITS, Manifest
 from distrec.errors import DataError
 
-Column = pa.Array | pa.ChunkedArray
+Column: TypeAlias = pa.Array | pa.ChunkedArray
 
 
 def _count(mask: Column) -> int:

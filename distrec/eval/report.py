@@ -177,7 +177,8 @@ def _markdown(report: Mapping[str, Any], plots: list[tuple[str, str]]) -> str:
             "true_ctr: an oracle that also sees the session and the mediator.",
             "",
         ]
-        groups = list(next(iter(truths.values()), {}).get("groups", {}))
+        first: Mapping[str, Any] = next(iter(truths.values()), {})
+        groups = list(first.get("groups", {}))
         rows = [
             [t, v.get("auc"), *(v.get("groups", {}).get(g, {}).get("auc") for g in groups)] for t, v in truths.items()
         ]

@@ -10,6 +10,9 @@ embeddings (an FM term or ``preference``) beside its MLP (see ``distrec.models.b
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import cast
+
 import torch
 from torch import nn
 from torchrec.modules.mlp import MLP
@@ -118,7 +121,7 @@ class DCN(_Model):
 
     def bank_head(self, bank: torch.Tensor) -> BankHead:
         dim = bank.shape[-1]
-        cross = _SplitLinear(self.cross[0].linear, bank, [dim, dim])
+        cross = _SplitLinear(cast(CrossLayer, self.cross[0]).linear, bank, [dim, dim])
         first = _SplitLinear(_first_linear(self.deep), bank, [dim, dim])
 
         def head(mediator: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
@@ -257,7 +260,7 @@ class _SplitLinear:
     def __call__(self, *rows: torch.Tensor) -> torch.Tensor:
         """[B, N, out] pre-activations for the rows' parts [B, width_j]."""
         row = sum(r @ w.T for r, w in zip(rows, self.w_rows, strict=True))
-        return self.bank.unsqueeze(0) + row.unsqueeze(1)  # type: ignore[union-attr]
+        return self.bank.unsqueeze(0) + row.unsqueeze(1)
 
 
 def _first_linear(mlp: MLP) -> nn.Linear:
@@ -276,7 +279,7 @@ def _zero_linear(width_in: int, width_out: int) -> nn.Linear:
     return layer
 
 
-ARCHITECTURES: dict[str, type[_Model]] = {
+ARCHITECTURES: dict[str, Callable[[str, Manifest, int, list[int], torch.device], _Model]] = {
     "deepfm": DeepFM,
     "dcn": DCN,
     "mlp": MLPRanker,

@@ -23,7 +23,7 @@ the raw embeddings beside whatever MLP it has (``docs/design.md``, "Why no tower
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, TypeAlias
 
 import torch
 from torch import nn
@@ -121,7 +121,7 @@ def preference(direct: torch.Tensor, mediator: torch.Tensor, item: torch.Tensor)
     return ((direct + mediator) * item).sum(-1)
 
 
-EmbeddingModule = EmbeddingBagCollection | EmbeddingCollection
+EmbeddingModule: TypeAlias = EmbeddingBagCollection | EmbeddingCollection
 
 
 def embedding_modules(model: nn.Module) -> list[EmbeddingModule]:

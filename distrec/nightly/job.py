@@ -196,9 +196,10 @@ def nightly(config: Config, date: str, force: bool = False) -> Outcome:
     found = find_night(registry, date)
     if found and found[1].get("decision") and not (force and found[1]["decision"] == "rejected"):
         version, tags = found
-        outcome = Outcome(date, version, tags["decision"], runs / tags.get("run_id", run_id), noop=True)
+        done_dir = runs / tags.get("run_id", run_id)
+        outcome = Outcome(date, version, tags["decision"], done_dir, noop=True)
         if tags["decision"] != "promoted":
-            raise NotPromoted(f"{outcome.line()}: gates failed, see {outcome.run_dir / GATES}; --force promotes it")
+            raise NotPromoted(f"{outcome.line()}: gates failed, see {done_dir / GATES}; --force promotes it")
         return outcome
 
     manifest = Manifest.read(store)

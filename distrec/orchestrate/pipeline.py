@@ -30,8 +30,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
@@ -330,7 +331,10 @@ def score_soft_labels(ctx: RunContext) -> list[str]:
         # Written from the ordered stream by one writer: Ray Data's write_parquet names its files after
         # per-task ids, so their sorted names need not follow the row order.
         writer: pq.ParquetWriter | None = None
-        stream = soft_labels(ctx).iter_batches(batch_size=ctx.config.distill.score_batch_size, batch_format="pyarrow")
+        stream = cast(  # batch_format="pyarrow": Arrow tables
+            Iterator[pa.Table],
+            soft_labels(ctx).iter_batches(batch_size=ctx.config.distill.score_batch_size, batch_format="pyarrow"),
+        )
         scored, total = 0, ctx.manifest.rows.get("train") or 0
         for table in stream:
             if writer is None:
@@ -414,6 +418,7 @@ def student_variants(config: Config, teachers: list[str]) -> list[tuple[ModelCon
 
 
 def _training_summary(metrics: dict[str, object]) -> dict[str, object]:
+    keep: tuple[str, ...]
     keep = ("train_loss", "train_bce", "train_kd", "train_mi", "train_critic", "rows", "seconds", "plan")
     keep += ("best_epoch", "stopped_early", "curve", "timers", "nodes")
     return {k: metrics[k] for k in keep if k in metrics}

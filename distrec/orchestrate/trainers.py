@@ -12,6 +12,7 @@ pinned to the driver's node: Ray Train attaches each run's controller to the nod
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,7 +82,9 @@ def _fit_remote(task: WorkerTask, storage_path: str, dataset: ray.data.Dataset |
     return fit(task, storage_path, dataset)
 
 
-def fit_concurrently(tasks: list[tuple[WorkerTask, ray.data.Dataset]], storage_path: str) -> dict[str, TrainedModel]:
+def fit_concurrently(
+    tasks: Sequence[tuple[WorkerTask, ray.data.Dataset | None]], storage_path: str
+) -> dict[str, TrainedModel]:
     """Train every (task, dataset) pair at the same time; returns the trained models by name."""
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     remote = _fit_remote.options(scheduling_strategy=here)

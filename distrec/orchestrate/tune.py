@@ -131,7 +131,7 @@ def tune(config: Config) -> Path:
         )
         results = tuner.fit()
     trials = []
-    for result in results:
+    for result in results:  # type: ignore[attr-defined]  # ResultGrid iterates by __getitem__; mypy needs __iter__
         if result.error is not None:
             raise RuntimeError(f"a tuning trial failed: {result.error}")
         params = {k: result.config[k] for k in space}

@@ -45,7 +45,9 @@ def _state(model: nn.Module, optimizer: Any, progress: torch.Tensor, rank: int) 
     # the CRL critic's own Adam, outside the main optimiser; a replica kept identical on every rank
     critics = [m.critic_optimizer() for m in model.modules() if isinstance(m, Loss) and m.critic is not None]
     if critics:
-        state["critic_optim"] = _tensors(critics[0].state_dict()["state"])
+        critic_optim = critics[0]
+        assert critic_optim is not None  # a Loss with a critic has its optimiser
+        state["critic_optim"] = _tensors(critic_optim.state_dict()["state"])
     return state
 
 

@@ -224,7 +224,8 @@ class Worker:
             train.min_lr_ratio,
         )
         self.steps_per_epoch = steps_per_epoch
-        self.progress, self.curve = Progress(), []
+        self.progress = Progress()
+        self.curve: list[dict[str, Any]] = []
         self.reported = 0.0  # time.monotonic() of the last progress report
         resumed = ray.train.get_checkpoint()
         if resumed is not None:

@@ -22,7 +22,7 @@ globally unused and leaves their ``.grad`` alone; tests/test_objective.py checks
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple, Protocol, cast
 
 import torch
 import torch.distributed as dist
@@ -52,6 +52,12 @@ def warmup_factor(step: torch.Tensor, warmup_steps: int) -> torch.Tensor:
     return (step.to(torch.float32) / warmup_steps).clamp(max=1.0)
 
 
+class _Represents(Protocol):
+    """A model that also returns its representation Z (``representation_dim`` wide)."""
+
+    def logits_and_representation(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 class Loss(nn.Module):
     """All loss terms and the critic's updates, in a module of its own: TorchRec's pipeline
     FX-traces the model's forward and treats modules without sharded children as opaque leaves,
@@ -59,6 +65,8 @@ class Loss(nn.Module):
 
     ``forward(logits, z, batch) -> (loss, components)``.
     """
+
+    step: torch.Tensor  # a buffer, registered in __init__
 
     def __init__(
         self,
@@ -113,7 +121,8 @@ class Loss(nn.Module):
         kd = mi = critic_loss = zero
         if self.distill is not None:
             target = batch.soft_labels.mean(dim=1)
-            kd = distillation_loss(logits, target, self.distill.loss, self.distill.temperature, batch.weights)
+            kind = cast(Literal["bce", "kl"], self.distill.loss)  # config.check allows these two only
+            kd = distillation_loss(logits, target, kind, self.distill.temperature, batch.weights)
             loss = loss + lam * kd
         if self.critic is not None and self.crl is not None and z is not None:
             y = batch.labels if self.crl.conditional else None
@@ -169,7 +178,7 @@ class Loss(nn.Module):
         before the first step (the critic's fit on rows it has not trained on yet), 0 on padding.
         """
         optimizer = self.critic_optimizer()
-        assert self.critic is not None and optimizer is not None
+        assert self.critic is not None and self.crl is not None and optimizer is not None
         params = list(self.critic.parameters())
         first = torch.zeros((), dtype=z.dtype, device=z.device)
         if global_weight.item() <= 0:  # every rank skips together: global_weight is the same everywhere
@@ -225,7 +234,7 @@ class Objective(nn.Module):
             logits = self.model(batch)
             z = logits.unsqueeze(-1)
         else:
-            logits, z = self.model.logits_and_representation(batch)
+            logits, z = cast(_Represents, self.model).logits_and_representation(batch)
         out = self.loss(logits, z, batch)
         loss, components = out[0], out[1]  # indexing, not unpacking: ``out`` is a Proxy under FX tracing
         return loss, StepOutput(loss.detach(), logits.detach(), batch.labels, batch.weights, components)

@@ -23,7 +23,7 @@ def _bytes_per_rank(ps: ParameterSharding, rows: int, dim: int, world: int) -> d
     if ps.sharding_spec is None:
         return dict.fromkeys(range(world), rows * dim * BYTES_PER_FLOAT)
     out: dict[int, int] = {}
-    for shard in ps.sharding_spec.shards:  # type: ignore[attr-defined]
+    for shard in ps.sharding_spec.shards:
         rank = shard.placement.rank()
         size = int(torch.Size(shard.shard_sizes).numel()) * BYTES_PER_FLOAT
         out[rank] = out.get(rank, 0) + size
@@ -43,7 +43,7 @@ def plan_model(
     sizes = {cfg.name: (cfg.num_embeddings, cfg.embedding_dim) for cfg in embedding_configs(objective)}
     rows = []
     for module_params in plan.plan.values():
-        for table, ps in module_params.items():  # type: ignore[union-attr]
+        for table, ps in module_params.items():
             num_rows, dim = sizes[table]
             per_rank = _bytes_per_rank(ps, num_rows, dim, world_size)
             rows.append(
@@ -72,9 +72,9 @@ def format_plan(rows: list[dict[str, Any]]) -> str:
     lines = [header, "-" * len(header)]
     totals: dict[str, dict[int, float]] = {}
     for r in rows:
-        per_rank = ", ".join(f"r{k}:{v:g}" for k, v in r["mib_per_rank"].items())
+        ranks = ", ".join(f"r{k}:{v:g}" for k, v in r["mib_per_rank"].items())
         shape = f"{r['rows']} x {r['dim']}"
-        lines.append(f"{r['model']:<10} {r['table']:<26} {shape:>16} {r['sharding']:<18} {r['kernel']:<8} {per_rank}")
+        lines.append(f"{r['model']:<10} {r['table']:<26} {shape:>16} {r['sharding']:<18} {r['kernel']:<8} {ranks}")
         model_totals = totals.setdefault(r["model"], {})
         for k, v in r["mib_per_rank"].items():
             model_totals[k] = model_totals.get(k, 0.0) + v

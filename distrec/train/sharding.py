@@ -65,7 +65,7 @@ def describe_plan(plan: ShardingPlan) -> list[dict[str, object]]:
     """One row per table: sharding type, kernel and the ranks holding its shards."""
     rows = []
     for module_path, params in plan.plan.items():
-        for table, ps in params.items():  # type: ignore[union-attr]
+        for table, ps in params.items():
             ranks = sorted({r for r in (ps.ranks or [])})
             rows.append(
                 {
