@@ -26,6 +26,8 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from distrec.eval.report import headline
+
 # What a model's rank 0 reports (distrec.train.loop.Worker.report_progress).
 Report = dict[str, Any]
 RAY_LOG_SUFFIXES = (".out", ".err", ".log")
@@ -215,22 +217,9 @@ class Console:
 
 
 def summary_table(models: dict[str, Any]) -> list[str]:
-    """Student against base: AUC on test_id, test_ood and the least active users (q1), and the change."""
-    rows = [("test_id", ("test_id",)), ("test_ood", ("test_ood",)), ("q1 (test_id)", ("test_id", "groups", "q1"))]
-    student, base = models.get("student", {}), models.get("base", {})
-
-    def auc(metrics: dict[str, Any], path: tuple[str, ...]) -> float | None:
-        for key in path:
-            metrics = metrics.get(key) or {}
-        value = metrics.get("auc")
-        return float(value) if value is not None else None
-
+    """Student against base: AUC on the report's headline rows (splits and q1), and the change."""
     out = [f"{'AUC':<14}{'student':>9}{'base':>9}{'change':>9}"]
-    for label, path in rows:
-        s, b = auc(student, path), auc(base, path)
-        if s is None or b is None:
-            continue
-        out.append(f"{label:<14}{s:>9.4f}{b:>9.4f}{s - b:>+9.4f}")
+    out += [f"{label:<14}{s:>9.4f}{b:>9.4f}{s - b:>+9.4f}" for label, s, b in headline(models)]
     return out
 
 

@@ -57,6 +57,7 @@ def test_summary_compares_student_and_base() -> None:
     assert table[1].split() == ["test_id", "0.8000", "0.7800", "+0.0200"]
     assert table[2].split() == ["test_ood", "0.7500", "0.7300", "+0.0200"]
     assert table[3].split() == ["q1", "(test_id)", "0.7000", "0.6800", "+0.0200"]
+    assert len(table) == 4  # test_do and q1 of test_ood are left out where the models lack them
 
 
 def test_tiny_run_console_fits_on_a_screen_and_logs_go_to_the_run(

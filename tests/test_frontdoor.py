@@ -79,8 +79,10 @@ def test_front_door_recovers_the_interventional_probability() -> None:
     teacher_m = np.stack([np.searchsorted(np.cumsum(p_m_given_x[xv]), quantiles) for xv in (0, 1)], axis=1)
     mediators = [torch.nn.functional.one_hot(torch.from_numpy(teacher_m[k]), 3).double() for k in range(num_teachers)]
 
-    front_door = average_teachers([front_door_prob(head, bank, med, item) for med in mediators]).numpy()
-    plain_kd = average_teachers([conditional_prob(head, direct, med, item) for med in mediators]).numpy()
+    front_door = average_teachers(torch.stack([front_door_prob(head, bank, med, item) for med in mediators], 1)).numpy()
+    plain_kd = average_teachers(
+        torch.stack([conditional_prob(head, direct, med, item) for med in mediators], 1)
+    ).numpy()
 
     do, naive = analytic_truth()
     np.testing.assert_allclose(front_door, do, atol=0.015)
@@ -153,11 +155,9 @@ def test_front_door_prob_rejects_a_head_that_does_not_broadcast() -> None:
 
 
 def test_average_teachers() -> None:
-    torch.testing.assert_close(
-        average_teachers([torch.tensor([0.2, 0.4]), torch.tensor([0.6, 0.0])]), torch.tensor([0.4, 0.2])
-    )
-    with pytest.raises(ValueError):
-        average_teachers([])
+    torch.testing.assert_close(average_teachers(torch.tensor([[0.2, 0.6], [0.4, 0.0]])), torch.tensor([0.4, 0.2]))
+    with pytest.raises(ValueError, match="K >= 1"):
+        average_teachers(torch.zeros(3, 0))
 
 
 def test_sample_bank_indices() -> None:

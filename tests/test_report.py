@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from distrec.eval.groups import GROUP_NAMES, activity_groups
+from distrec.eval.groups import GROUP_NAMES, activity_groups, group_profile, groups_from_counts
 from distrec.eval.metrics import evaluate
-from distrec.eval.report import build_report, heterogeneity, write_report
+from distrec.eval.report import build_report, headline, heterogeneity, write_report
 
 
 def test_heterogeneity_known_numbers() -> None:
@@ -31,7 +31,7 @@ def _models() -> dict[str, dict[str, dict]]:
     rng = np.random.default_rng(0)
     user_group = activity_groups(rng.integers(0, 40, 400), 40)
     models: dict[str, dict[str, dict]] = {}
-    for name, signal in (("dcn", 0.3), ("crl", 0.1)):
+    for name, signal in (("dcn", 0.3), ("crl", 0.1), ("base", 0.2), ("student", 0.25)):
         models[name] = {}
         for split in ("test_id", "test_ood"):
             users = rng.integers(0, 40, 2000)
@@ -70,6 +70,32 @@ def test_write_report_files(tmp_path) -> None:
         assert (tmp_path / png).stat().st_size > 1000
     assert "| dcn |" in md and "synthetic" in md
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["report.json", "report.md", *pngs])
+    # what a reader wants first: the headline, then the dataset and the plots; no config dump
+    assert md.index("## Student against base") < md.index("## Dataset") < md.index("## Plots") < md.index("## test_id")
+    student, base = data["models"]["student"]["test_id"]["auc"], data["models"]["base"]["test_id"]["auc"]
+    assert f"| test_id | {student:.4f} | {base:.4f} | {student - base:+.4f} |" in md
+    assert "0.001" not in md and "config.yaml" in md  # the config's lr is not printed; its file is named
+
+
+def test_headline_and_dataset_tables(tmp_path) -> None:
+    counts = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 30])  # 10 users, 2 per quintile
+    profile = group_profile(counts, groups_from_counts(counts))
+    assert profile["q1"] == {"users": 2, "min_rows": 0, "max_rows": 1, "train_rows": 1}
+    assert profile["q5"] == {"users": 2, "min_rows": 8, "max_rows": 30, "train_rows": 38}
+    run = {
+        "id": "r1",
+        "dataset": {"name": "synth", "path": "/d", "users": 10, "items": 7, "source": {"scm_version": 5, "nested": {}}},
+        "rows": {"train": 66, "valid": 5, "test_id": 5, "test_do": None},
+        "activity": profile,
+    }
+    models = {"student": {"test_id": {"auc": 0.71, "groups": {"q1": {"auc": 0.65}}}}, "base": {"test_id": {"auc": 0.7}}}
+    assert headline(models) == [("test_id", 0.71, 0.7)]  # q1 only where both models have it
+    write_report(tmp_path, build_report(run, models))
+    md = (tmp_path / "report.md").read_text()
+    assert md.startswith("# Evaluation report: r1\n")
+    assert "`synth` (scm_version 5): /d" in md and "nested" not in md
+    assert "| users | items | train | valid | test_id |" in md and "| 10 | 7 | 66 | 5 | 5 |" in md
+    assert "| q1 | 2 | 0-1 | 1.5% |" in md and "| q5 | 2 | 8-30 | 57.6% |" in md
 
 
 def test_write_report_requires_sections(tmp_path) -> None:

@@ -17,7 +17,7 @@ computed once per row, so only the layers after the first run per pair.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -74,11 +74,12 @@ def conditional_prob(head: Head, direct: Tensor, mediator: Tensor, item: Tensor)
     return torch.sigmoid(head(direct, mediator, item))
 
 
-def average_teachers(probs: Sequence[Tensor]) -> Tensor:
-    """The 1/K average over teachers of their per-row probabilities."""
-    if not probs:
-        raise ValueError("average_teachers needs at least one teacher's probabilities")
-    return torch.stack(list(probs)).mean(dim=0)
+def average_teachers(probs: Tensor) -> Tensor:
+    """The 1/K average over teachers: ``probs`` [B, K] holds each teacher's soft label in a column
+    (``Batch.soft_labels``); the distillation target of the student's loss."""
+    if probs.dim() != 2 or probs.shape[1] < 1:
+        raise ValueError(f"average_teachers needs [B, K >= 1] probabilities, got shape {list(probs.shape)}")
+    return probs.mean(dim=1)
 
 
 def sample_bank_indices(num_rows: int, n: int, seed: int) -> np.ndarray:

@@ -97,10 +97,14 @@ def ceilings(root: str | Path, groups: np.ndarray, k: int) -> dict[str, dict[str
     return out
 
 
+def interaction_counts(manifest: Manifest, root: str | Path) -> np.ndarray:
+    """Every user's count of training interactions (what the activity groups rank)."""
+    return group_counts_from_parquet(manifest.files(root, "train"), num_users=manifest.cardinality[USER])
+
+
 def activity_groups_of(manifest: Manifest, root: str | Path) -> np.ndarray:
     """User -> activity group index (q1..q5 by training-interaction quintiles)."""
-    counts = group_counts_from_parquet(manifest.files(root, "train"), num_users=manifest.cardinality[USER])
-    return groups_from_counts(counts)
+    return groups_from_counts(interaction_counts(manifest, root))
 
 
 def evaluate_export(

@@ -79,3 +79,21 @@ def group_counts_from_parquet(
                 counts = np.pad(counts, (0, batch_counts.size - counts.size))
             counts += batch_counts
     return counts
+
+
+def group_profile(
+    counts: npt.ArrayLike, groups: npt.ArrayLike, names: tuple[str, ...] = GROUP_NAMES
+) -> dict[str, dict[str, int]]:
+    """Per activity group: its users, the range of their training interactions (the quantile edges)
+    and its share of the training rows, from ``counts`` and ``groups_from_counts(counts)``."""
+    counts, groups = np.asarray(counts, dtype=np.int64), np.asarray(groups)
+    out = {}
+    for g, name in enumerate(names):
+        members = counts[groups == g]
+        out[name] = {
+            "users": int(members.size),
+            "min_rows": int(members.min()) if members.size else 0,
+            "max_rows": int(members.max()) if members.size else 0,
+            "train_rows": int(members.sum()),
+        }
+    return out

@@ -32,6 +32,35 @@ ID_OOD = ("test_id", "test_ood")
 CAUSAL = ("causal_rmse", "causal_logloss", "fd_rmse", "fd_logloss")
 
 
+HEADLINE = (
+    ("test_id", ("test_id",)),
+    ("test_ood", ("test_ood",)),
+    ("test_do", ("test_do",)),
+    ("q1 (test_id)", ("test_id", "groups", "q1")),
+    ("q1 (test_ood)", ("test_ood", "groups", "q1")),
+)
+"""The headline rows: where a causal student should beat ``base`` (splits, and the tail users q1)."""
+
+
+def headline(
+    models: Mapping[str, Any], model: str = "student", reference: str = "base"
+) -> list[tuple[str, float, float]]:
+    """``[(row, model AUC, reference AUC)]`` for the HEADLINE rows both models have."""
+
+    def auc(metrics: Mapping[str, Any], path: tuple[str, ...]) -> float | None:
+        for key in path:
+            metrics = metrics.get(key) or {}
+        value = metrics.get("auc")
+        return float(value) if value is not None else None
+
+    rows = []
+    for label, path in HEADLINE:
+        a, b = auc(models.get(model, {}), path), auc(models.get(reference, {}), path)
+        if a is not None and b is not None:
+            rows.append((label, a, b))
+    return rows
+
+
 def metric_names(k: int) -> tuple[str, ...]:
     """The report's metric columns, named after ``eval.k``."""
     return ("auc", "gauc", "logloss", f"ndcg@{k}", f"recall@{k}")
@@ -101,7 +130,7 @@ def write_report(run_dir: Path, report: Mapping[str, Any]) -> None:
         atomic_write_bytes(run_dir / plots[-1][0], _id_vs_ood_plot(models))
     curves = {name: t["curve"] for name, t in data["run"].get("training", {}).items() if t.get("curve")}
     if curves:
-        plots.append(("training_curves.png", "Training loss and valid AUC per epoch"))
+        plots.append(("training_curves.png", "Training loss terms, valid AUC and train_mi per epoch"))
         atomic_write_bytes(run_dir / plots[-1][0], _curves_plot(curves))
     atomic_write_text(run_dir / "report.md", _markdown(data, plots))
 
@@ -156,11 +185,21 @@ def _markdown(report: Mapping[str, Any], plots: list[tuple[str, str]]) -> str:
     run, models = report["run"], report["models"]
     metrics = metric_names(int(report.get("k", 10)))
     causal = [c for c in CAUSAL if any(c in m.get(s, {}) for m in models.values() for s in _splits(models))]
-    lines = ["# Evaluation report", "", "## Run", ""]
-    for key in ("dataset", "rows", "seconds"):
-        lines.append(f"- **{key}**: {_fmt(run.get(key))}")
+    lines = [f"# Evaluation report{': ' + run['id'] if run.get('id') else ''}", ""]
+    top = headline(models)
+    if top:
+        lines += ["## Student against base", ""]
+        lines += _table(["AUC", "student", "base", "change"], [[r, a, b, f"{a - b:+.4f}"] for r, a, b in top])
+        lines += [
+            "One run, one seed, so no interval: `scripts/results.py` runs 3 seeds and writes means, spreads and "
+            "paired differences against base (docs/results.md).",
+            "",
+        ]
+    lines += _dataset_section(run)
+    if plots:
+        lines += ["## Plots", ""]
+        lines += [f"![{caption}]({name})\n" for name, caption in plots]
     lines += [
-        "",
         "Groups q1..q5 are quintiles of users by training interactions (q1 least active, q5 = head).",
         "NDCG and Recall rank each user's logged candidates, not the full catalogue.",
         "",
@@ -216,13 +255,37 @@ def _markdown(report: Mapping[str, Any], plots: list[tuple[str, str]]) -> str:
     for name, chosen in (run.get("peers") or {}).items():
         settings = ", ".join(f"{k}={_fmt(v)}" for k, v in chosen.items() if k not in ("curve", "valid_auc"))
         lines += [f"Peer `{name}`: plain PyTorch matrix factorisation, chosen on valid ({settings}).", ""]
-    if plots:
-        lines += ["## Plots", ""]
-        lines += [f"![{caption}]({name})\n" for name, caption in plots]
-    config = run.get("config")
-    if isinstance(config, Mapping):
-        lines += ["## Configuration", "", "```json", json.dumps(config, indent=2), "```"]
-    return "\n".join(lines)
+    lines += [
+        f"The configuration of this run is `config.yaml` beside this report; it took {_fmt(run.get('seconds'))} s."
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _dataset_section(run: Mapping[str, Any]) -> list[str]:
+    """The dataset in two small tables: its size and rows per split, and the activity groups' edges."""
+    dataset, rows = run.get("dataset"), run.get("rows")
+    dataset = dataset if isinstance(dataset, Mapping) else {"name": dataset}
+    rows = rows if isinstance(rows, Mapping) else {}
+    lines = ["## Dataset", ""]
+    source = dataset.get("source") or {}
+    described = ", ".join(f"{k} {v}" for k, v in source.items() if isinstance(v, str | int | float) and k != "path")
+    lines += [
+        f"`{dataset.get('name', '?')}`" + (f" ({described})" if described else "") + f": {dataset.get('path', '')}",
+        "",
+    ]
+    splits = [s for s, n in rows.items() if n is not None]
+    lines += _table(
+        ["users", "items", *splits], [[dataset.get("users"), dataset.get("items"), *(rows[s] for s in splits)]]
+    )
+    activity = run.get("activity") or {}
+    if activity:
+        total = sum(g["train_rows"] for g in activity.values()) or 1
+        table = [
+            [name, g["users"], f"{g['min_rows']}-{g['max_rows']}", f"{g['train_rows'] / total:.1%}"]
+            for name, g in activity.items()
+        ]
+        lines += _table(["activity group", "users", "train rows per user", "share of train rows"], table)
+    return lines
 
 
 def _mi_trend(training: Mapping[str, Any]) -> str:
@@ -240,19 +303,32 @@ def _best_valid(training: Mapping[str, Any]) -> float:
 
 
 def _curves_plot(curves: Mapping[str, list[Mapping[str, Any]]]) -> bytes:
-    """Two panels: training loss (BCE) and valid AUC per epoch, one line per model."""
-    fig = Figure(figsize=(10.0, 4.0))
+    """Four panels per epoch, one line per model: training BCE, valid AUC, and the two causal terms,
+    the distillation loss (KD) and the CRL critic's estimate of I(Z; C) (train_mi), for the models
+    that have them."""
+    fig = Figure(figsize=(10.0, 7.0))
     FigureCanvasAgg(fig)
-    loss_ax, auc_ax = fig.subplots(1, 2)
-    for name, curve in curves.items():
-        epochs = [p["epoch"] for p in curve]
-        loss_ax.plot(epochs, [_number(p.get("train_bce")) for p in curve], marker="o", label=name)
-        auc_ax.plot(epochs, [_number(p.get("valid_auc")) for p in curve], marker="o", label=name)
-    for ax, label in ((loss_ax, "training BCE"), (auc_ax, "valid AUC")):
+    panels = (
+        ("train_bce", "training BCE"),
+        ("valid_auc", "valid AUC"),
+        ("train_kd", "distillation loss (KD)"),
+        ("train_mi", "train_mi: estimated I(Z; C)"),
+    )
+    for ax, (key, label) in zip(fig.subplots(2, 2).flat, panels, strict=True):
+        for i, (name, curve) in enumerate(curves.items()):
+            values = [_number(p.get(key)) for p in curve]
+            if key in ("train_kd", "train_mi") and not any(math.isfinite(v) and v != 0 for v in values):
+                continue  # a model without this term
+            ax.plot(
+                [p["epoch"] for p in curve], values, marker="o", label=name, color=f"C{i % 10}"
+            )  # one colour a model
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        if ax.lines:
+            ax.legend(fontsize="small")
+        else:
+            ax.text(0.5, 0.5, "no model has this term", ha="center", va="center", transform=ax.transAxes)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     return buf.getvalue()
@@ -276,7 +352,7 @@ def _bars(title: str, categories: list[str], series: Mapping[str, list[float]]) 
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     if series:
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: no bar hidden
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     return buf.getvalue()

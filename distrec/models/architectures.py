@@ -25,8 +25,15 @@ from distrec.models.base import Encoded, FeatureEncoder, broadcast_cat, preferen
 from distrec.models.sequence import SequenceEncoder
 
 
-class _Model(nn.Module):
-    """Shared plumbing: an encoder on TorchRec tables and ``forward = head(encode(batch))``."""
+class Recommender(nn.Module):
+    """What every architecture is, and what the loop, the front-door scorer and the evaluator use:
+    an encoder on TorchRec tables and ``forward = head(encode(batch))``.
+
+    A model with a representation Z for CRL's penultimate-layer penalty sets ``representation_dim``
+    and overrides ``logits_and_representation``; the others leave it None.
+    """
+
+    representation_dim: int | None = None
 
     def __init__(self, name: str, encoder: nn.Module) -> None:
         super().__init__()
@@ -58,8 +65,12 @@ class _Model(nn.Module):
     def forward(self, batch: Batch) -> torch.Tensor:
         return self.head(*self.encode(batch))
 
+    def logits_and_representation(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [B], Z [B, representation_dim]) in one pass."""
+        raise NotImplementedError(f"{type(self).__name__} has no representation Z (representation_dim is None)")
 
-class DeepFM(_Model):
+
+class DeepFM(Recommender):
     """DeepFM (Guo et al. 2017): first-order terms + FM pairwise interactions of the three raw
     embedding fields + a deep MLP over them."""
 
@@ -100,7 +111,7 @@ class CrossLayer(nn.Module):
         return x0 * self.linear(x) + x
 
 
-class DCN(_Model):
+class DCN(Recommender):
     """Deep & Cross Network v2 (Wang et al. 2021): a cross stack in parallel with an MLP, plus the
     explicit user x item dot product (a cross layer can express it, but learns it slowly)."""
 
@@ -136,7 +147,7 @@ class DCN(_Model):
         return head
 
 
-class MLPRanker(_Model):
+class MLPRanker(Recommender):
     """The student (and ``base``), NeuMF-shaped (He et al. 2017): Z = [MLP(direct, mediator, item),
     (direct + mediator) * item], read out linearly.
 
@@ -163,7 +174,7 @@ class MLPRanker(_Model):
     def bank_head(self, bank: torch.Tensor) -> BankHead:
         dim = bank.shape[-1]
         first = _SplitLinear(_first_linear(self.body), bank, [dim, dim])
-        w_deep, w_product = self.out.weight.split([self.representation_dim - dim, dim], dim=1)
+        w_deep, w_product = self.out.weight.split([self.out.in_features - dim, dim], dim=1)
 
         def head(mediator: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
             deep = _after_first(self.body, first(mediator, item))
@@ -178,7 +189,7 @@ class MLPRanker(_Model):
         return self.out(z).squeeze(-1), z
 
 
-class DIN(_Model):
+class DIN(Recommender):
     """Deep Interest Network (Zhou et al. 2018): target attention over the history gives the mediator.
 
     The history is an unpooled sequence on a TorchRec EmbeddingCollection that shares its table with
@@ -216,7 +227,7 @@ class DIN(_Model):
         return head
 
 
-class TwoTower(_Model):
+class TwoTower(Recommender):
     """A two-tower model: logit = <user tower, item tower> + b(item), with residual towers.
 
     user = direct + mediator + f(direct, mediator) and item = v + g(v), where f and g are MLPs whose
@@ -279,7 +290,7 @@ def _zero_linear(width_in: int, width_out: int) -> nn.Linear:
     return layer
 
 
-ARCHITECTURES: dict[str, Callable[[str, Manifest, int, list[int], torch.device], _Model]] = {
+ARCHITECTURES: dict[str, Callable[[str, Manifest, int, list[int], torch.device], Recommender]] = {
     "deepfm": DeepFM,
     "dcn": DCN,
     "mlp": MLPRanker,
@@ -288,14 +299,16 @@ ARCHITECTURES: dict[str, Callable[[str, Manifest, int, list[int], torch.device],
 }
 
 
-def model_from_config(spec: ModelConfig, manifest: Manifest, device: torch.device) -> _Model:
+def model_from_config(spec: ModelConfig, manifest: Manifest, device: torch.device) -> Recommender:
     """The model a ``ModelConfig`` describes (the one factory the loop, the planner and exports use)."""
     model = build_model(spec.arch, spec.name, manifest, spec.dim, list(spec.hidden), device)
     model.mediator_dropout = spec.mediator_dropout
     return model
 
 
-def build_model(arch: str, name: str, manifest: Manifest, dim: int, hidden: list[int], device: torch.device) -> _Model:
+def build_model(
+    arch: str, name: str, manifest: Manifest, dim: int, hidden: list[int], device: torch.device
+) -> Recommender:
     """Build a model; embedding tables go on ``device`` (``meta`` until TorchRec shards them)."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")

@@ -1,4 +1,4 @@
-"""The one protocol every distrec model answers, and the embedding front end they share.
+"""The embedding front end every distrec model shares, and the three parts it encodes.
 
 A model splits the input into the three parts the front-door adjustment needs (DESIGN.md §4):
 
@@ -23,7 +23,7 @@ the raw embeddings beside whatever MLP it has (``docs/design.md``, "Why no tower
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol, TypeAlias
+from typing import NamedTuple, TypeAlias
 
 import torch
 from torch import nn
@@ -38,18 +38,6 @@ class Encoded(NamedTuple):
     direct: torch.Tensor
     mediator: torch.Tensor
     item: torch.Tensor
-
-
-class Recommender(Protocol):
-    """What the training loop, the front-door scorer and the evaluator need from a model."""
-
-    name: str
-
-    def encode(self, batch: Batch) -> Encoded: ...
-
-    def head(self, direct: torch.Tensor, mediator: torch.Tensor, item: torch.Tensor) -> torch.Tensor: ...
-
-    def forward(self, batch: Batch) -> torch.Tensor: ...
 
 
 INIT_SCALE = 0.05

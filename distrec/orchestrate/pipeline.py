@@ -39,11 +39,12 @@ import ray
 from distrec.config import Config, ModelConfig, RayConfig, check, to_dict, to_yaml
 from distrec.console import Console, ProgressBoard, copy_ray_logs
 from distrec.data.batch import BatchBuilder
-from distrec.data.schema import MANIFEST, SPLITS, Manifest
+from distrec.data.schema import ITEM, MANIFEST, SPLITS, USER, Manifest
 from distrec.data.synth import SCM_VERSION, synthesize
 from distrec.data.validate import check_dataset
 from distrec.errors import ConfigError
-from distrec.eval.evaluate import activity_groups_of, ceilings, evaluate_exports
+from distrec.eval.evaluate import activity_groups_of, ceilings, evaluate_exports, interaction_counts
+from distrec.eval.groups import group_profile, groups_from_counts
 from distrec.eval.report import build_report, write_report
 from distrec.io import atomic_write_json, atomic_write_text, partial_dir
 from distrec.orchestrate.stream import conditional_column, front_door_column, soft_label_stream, write_history_bank
@@ -378,11 +379,19 @@ def write_run_report(ctx: RunContext, metrics: dict[str, Any], seconds: float) -
     """Stage: report.json, report.md and plots; then the run directory is renamed into place."""
     config, manifest = ctx.config, ctx.manifest
     training = {name: json.loads((ctx.model_dir(name) / TRAINING).read_text()) for name in model_names(config)}
+    counts = interaction_counts(manifest, ctx.root)
     run_info = {
         "id": ctx.run_dir.name.removesuffix(".partial"),
         "config": to_dict(config),
-        "dataset": {"path": str(ctx.root.resolve()), "name": manifest.name, "source": manifest.source},
+        "dataset": {
+            "path": str(ctx.root.resolve()),
+            "name": manifest.name,
+            "users": manifest.cardinality[USER],
+            "items": manifest.cardinality[ITEM],
+            "source": manifest.source,
+        },
         "rows": {split: manifest.rows.get(split) for split in SPLITS},
+        "activity": group_profile(counts, groups_from_counts(counts)),
         "training": training,
         "peers": metrics["peers"],
         "seconds": round(seconds, 1),

@@ -43,11 +43,9 @@ def _state(model: nn.Module, optimizer: Any, progress: torch.Tensor, rank: int) 
         f"progress_rank{rank}": progress,  # per-rank: DCP saves same-named plain tensors once
     }
     # the CRL critic's own Adam, outside the main optimiser; a replica kept identical on every rank
-    critics = [m.critic_optimizer() for m in model.modules() if isinstance(m, Loss) and m.critic is not None]
+    critics = [opt for m in model.modules() if isinstance(m, Loss) and (opt := m.critic_optimizer()) is not None]
     if critics:
-        critic_optim = critics[0]
-        assert critic_optim is not None  # a Loss with a critic has its optimiser
-        state["critic_optim"] = _tensors(critic_optim.state_dict()["state"])
+        state["critic_optim"] = _tensors(critics[0].state_dict()["state"])
     return state
 
 

@@ -20,7 +20,7 @@ from distrec.config import ModelConfig
 from distrec.data.schema import Manifest
 from distrec.errors import CheckpointError
 from distrec.io import atomic_file, atomic_write_json
-from distrec.models.architectures import _Model, model_from_config
+from distrec.models.architectures import Recommender, model_from_config
 
 SPEC = "model.json"
 WEIGHTS = "weights.pt"
@@ -93,7 +93,7 @@ def read_export(directory: str | Path, mmap: bool = False) -> tuple[dict[str, An
     return spec, state
 
 
-def load_export(directory: str | Path) -> tuple[_Model, dict[str, Any], Manifest]:
+def load_export(directory: str | Path) -> tuple[Recommender, dict[str, Any], Manifest]:
     """Rebuild an exported model on CPU, unsharded, in eval mode."""
     spec, state = read_export(directory)
     manifest = Manifest(**spec["manifest"])

@@ -22,16 +22,18 @@ globally unused and leaves their ``.grad`` alone; tests/test_objective.py checks
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple, Protocol, cast
+from typing import Literal, NamedTuple, cast
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from distrec.causal.frontdoor import average_teachers
 from distrec.causal.losses import distillation_loss, weighted_bce
 from distrec.causal.mi import make_mi_estimator
 from distrec.config import CRLConfig, DistillConfig
 from distrec.data.batch import Batch
+from distrec.models.architectures import Recommender
 
 COMPONENTS = ("bce", "kd", "mi", "critic")
 """What ``StepOutput.components`` holds, unweighted: BCE, KD, the MI estimate, the critic's loss."""
@@ -50,12 +52,6 @@ def warmup_factor(step: torch.Tensor, warmup_steps: int) -> torch.Tensor:
     if warmup_steps <= 0:
         return torch.ones((), dtype=torch.float32, device=step.device)
     return (step.to(torch.float32) / warmup_steps).clamp(max=1.0)
-
-
-class _Represents(Protocol):
-    """A model that also returns its representation Z (``representation_dim`` wide)."""
-
-    def logits_and_representation(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class Loss(nn.Module):
@@ -120,7 +116,7 @@ class Loss(nn.Module):
         zero = torch.zeros((), dtype=logits.dtype, device=logits.device)
         kd = mi = critic_loss = zero
         if self.distill is not None:
-            target = batch.soft_labels.mean(dim=1)
+            target = average_teachers(batch.soft_labels)
             kind = cast(Literal["bce", "kl"], self.distill.loss)  # config.check allows these two only
             kd = distillation_loss(logits, target, kind, self.distill.temperature, batch.weights)
             loss = loss + lam * kd
@@ -214,7 +210,7 @@ class Objective(nn.Module):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: Recommender,
         distill: DistillConfig | None = None,
         crl: CRLConfig | None = None,
         confounder_cardinalities: list[int] | None = None,
@@ -223,7 +219,7 @@ class Objective(nn.Module):
         self.model = model
         # Z for CRL: the model's representation, or its score (crl.representation)
         self.penalises_score = crl is not None and crl.representation == "score"
-        representation_dim = 1 if self.penalises_score else getattr(model, "representation_dim", None)
+        representation_dim = 1 if self.penalises_score else model.representation_dim
         self.loss = Loss(distill, crl, representation_dim, confounder_cardinalities or [])
         self.needs_representation = self.loss.critic is not None
 
@@ -234,7 +230,7 @@ class Objective(nn.Module):
             logits = self.model(batch)
             z = logits.unsqueeze(-1)
         else:
-            logits, z = cast(_Represents, self.model).logits_and_representation(batch)
+            logits, z = self.model.logits_and_representation(batch)
         out = self.loss(logits, z, batch)
         loss, components = out[0], out[1]  # indexing, not unpacking: ``out`` is a Proxy under FX tracing
         return loss, StepOutput(loss.detach(), logits.detach(), batch.labels, batch.weights, components)
