@@ -1,18 +1,16 @@
 """The console of ``distrec run``: a live display fed by the ProgressBoard actor, a short summary, and
-the libraries' output in RUN_DIR/logs, checked on one tiny real run."""
+the libraries' output in RUN_DIR/logs. The console of a whole real run is checked on the end-to-end run
+of tests/test_pipeline.py (``test_console_fits_on_a_screen_and_logs_go_to_the_run``)."""
 
 from __future__ import annotations
 
 import io
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import ray
 
 from distrec.console import Console, ProgressBoard, summary_table
-from distrec.data.schema import Manifest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,41 +56,6 @@ def test_summary_compares_student_and_base() -> None:
     assert table[2].split() == ["test_ood", "0.7500", "0.7300", "+0.0200"]
     assert table[3].split() == ["q1", "(test_id)", "0.7000", "0.6800", "+0.0200"]
     assert len(table) == 4  # test_do and q1 of test_ood are left out where the models lack them
-
-
-def test_tiny_run_console_fits_on_a_screen_and_logs_go_to_the_run(
-    tiny_dataset: tuple[Path, Manifest], tmp_path: Path
-) -> None:
-    """One real ``distrec run`` as a user starts it (a subprocess: its stdout is a pipe, not a terminal)."""
-    root, _ = tiny_dataset
-    teachers = "teachers=[{name: fm, arch: deepfm, dim: 8, hidden: [16]}]"
-    args = [f"data.path={root}", f"runs_dir={tmp_path}", "run_id=tiny", "train.epochs=2", "train.batch_size=512"]
-    args += ["distill.bank_size=16", teachers, "student.dim=8", "student.hidden=[16]", "ray.num_cpus=8"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run(
-        [sys.executable, "-m", "distrec.cli", "run", "jobs/local.yaml", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    console = done.stdout + done.stderr
-    assert done.returncode == 0, console[-3000:]
-    run_dir = tmp_path / "tiny"
-    lines = console.splitlines()
-    assert lines[-1] == str(run_dir)
-    assert len(lines) <= 40, console
-    for stage in ("teachers and base", "scoring soft labels", "students", "evaluation"):
-        assert any(stage in line for line in lines), console
-    assert any(line.split()[:1] == ["test_id"] for line in lines), console  # the summary table
-    for noise in ("PlacementGroupCleaner", "sharding_plan", "TBE", "Started a local Ray instance", "(raylet)"):
-        assert noise not in console, noise
-    logs = run_dir / "logs"
-    assert "Started a local Ray instance" in (logs / "driver.log").read_text()
-    worker_logs = list((logs / "ray").glob("worker-*"))
-    assert worker_logs
-    assert not [p.name for p in worker_logs if "Failed to query Ray Train Controller" in p.read_text(errors="replace")]
 
 
 def test_library_output_goes_to_the_driver_log(tmp_path: Path) -> None:

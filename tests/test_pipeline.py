@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -12,6 +17,8 @@ import yaml
 
 from distrec.cli import main
 from distrec.data.schema import Manifest
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY = [
     "train.epochs=1",
@@ -23,27 +30,45 @@ TINY = [
 ]
 
 
+class FinishedRun(NamedTuple):
+    dir: Path
+    console: str  # its stdout and stderr together
+
+
 @pytest.fixture(scope="module")
-def finished_run(
-    ray_local: None, tiny_dataset: tuple[Path, Manifest], tmp_path_factory: pytest.TempPathFactory
-) -> Path:
+def finished_run(tiny_dataset: tuple[Path, Manifest], tmp_path_factory: pytest.TempPathFactory) -> FinishedRun:
+    """One real ``distrec run`` as a user starts it: a subprocess with its own embedded Ray, whose output
+    is a pipe, not a terminal (so the console prints plain lines)."""
     root, _ = tiny_dataset
     runs = tmp_path_factory.mktemp("runs")
     # about 5 steps: the default penalty on the score holds the student at chance here (test_id AUC 0.48
     # at beta 1, 0.49 at beta 0.1, measured); this contract is about the report, so it keeps a light
     # penalty on the penultimate layer
     crl = ["crl.beta=0.1", "crl.representation=penultimate"]
-    overrides = [f"data.path={root}", f"runs_dir={runs}", "run_id=tiny", *TINY, *crl]
-    code = main(["run", "jobs/local.yaml", *overrides])
-    assert code == 0
-    return runs / "tiny"
+    overrides = [f"data.path={root}", f"runs_dir={runs}", "run_id=tiny", *TINY, *crl, "ray.num_cpus=8"]
+    done = subprocess.run(
+        [sys.executable, "-m", "distrec.cli", "run", "jobs/local.yaml", *overrides],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    console = done.stdout + done.stderr
+    assert done.returncode == 0, console[-3000:]
+    return FinishedRun(runs / "tiny", console)
 
 
-def test_report_contract(finished_run: Path, tiny_dataset: tuple[Path, Manifest]) -> None:
+def test_report_contract(finished_run: FinishedRun, tiny_dataset: tuple[Path, Manifest]) -> None:
     _, manifest = tiny_dataset
-    report = json.loads((finished_run / "report.json").read_text())
+    report = json.loads((finished_run.dir / "report.json").read_text())
     assert set(report["run"]) >= {"config", "dataset", "rows", "seconds"}
     assert report["run"]["rows"]["train"] == manifest.rows["train"]
+    activity = report["run"]["activity"]  # the activity groups' edges, for report.md's dataset table
+    assert list(activity) == ["q1", "q2", "q3", "q4", "q5"]
+    assert sum(g["train_rows"] for g in activity.values()) == manifest.rows["train"]
+    assert all(a["max_rows"] <= b["min_rows"] for a, b in itertools.pairwise(activity.values()))
+    assert report["run"]["dataset"]["users"] == sum(g["users"] for g in activity.values())
     assert set(report["models"]) == {"fm", "cross", "base", "student"}
     for name, model in report["models"].items():
         for split in ("test_id", "test_ood"):
@@ -57,15 +82,33 @@ def test_report_contract(finished_run: Path, tiny_dataset: tuple[Path, Manifest]
     assert report["models"]["student"]["test_id"]["auc"] > 0.5  # one epoch on 5.6k rows: above chance
 
 
-def test_run_directory_is_complete(finished_run: Path) -> None:
-    assert not finished_run.with_name("tiny.partial").exists()
+def test_run_directory_is_complete(finished_run: FinishedRun) -> None:
+    run_dir = finished_run.dir
+    assert not run_dir.with_name("tiny.partial").exists()
     for name in ("config.yaml", "report.md", "history_bank.parquet", "id_vs_ood.png", "groups_test_id.png"):
-        assert (finished_run / name).stat().st_size > 0, name
+        assert (run_dir / name).stat().st_size > 0, name
     for model in ("fm", "cross", "base", "student"):
-        assert (finished_run / "models" / model / "weights.pt").is_file()
-    config = yaml.safe_load((finished_run / "config.yaml").read_text())
+        assert (run_dir / "models" / model / "weights.pt").is_file()
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["train"]["epochs"] == 1 and [t["name"] for t in config["teachers"]] == ["fm", "cross"]
-    assert "student" in (finished_run / "report.md").read_text()
+    assert "student" in (run_dir / "report.md").read_text()
+
+
+def test_console_fits_on_a_screen_and_logs_go_to_the_run(finished_run: FinishedRun) -> None:
+    console, run_dir = finished_run.console, finished_run.dir
+    lines = console.splitlines()
+    assert lines[-1] == str(run_dir)
+    assert len(lines) <= 40, console
+    for stage in ("teachers and base", "scoring soft labels", "students", "evaluation"):
+        assert any(stage in line for line in lines), console
+    assert any(line.split()[:1] == ["test_id"] for line in lines), console  # the summary table
+    for noise in ("PlacementGroupCleaner", "sharding_plan", "TBE", "Started a local Ray instance", "(raylet)"):
+        assert noise not in console, noise
+    logs = run_dir / "logs"
+    assert "Started a local Ray instance" in (logs / "driver.log").read_text()
+    worker_logs = list((logs / "ray").glob("worker-*"))
+    assert worker_logs
+    assert not [p.name for p in worker_logs if "Failed to query Ray Train Controller" in p.read_text(errors="replace")]
 
 
 def test_bad_config_key_exits_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

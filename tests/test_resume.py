@@ -56,6 +56,7 @@ def quality(trained: TrainedModel, root: Path, manifest: Manifest, tmp: Path) ->
     return auc(scored["labels"], scored["probs"]), logloss(scored["labels"], scored["probs"])
 
 
+@pytest.mark.slow  # the same path on several nodes stays in make test: tests/test_cluster.py's student kill
 def test_killed_worker_resumes_from_checkpoint(
     ray_local: None, tiny_dataset: tuple[Path, Manifest], tmp_path: Path
 ) -> None:

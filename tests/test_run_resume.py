@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from test_pipeline import TINY
 
 from distrec.cli import main
@@ -19,6 +20,7 @@ from distrec.data.schema import Manifest
 TEACHERS = ("fm", "cross", "base")
 
 
+@pytest.mark.slow  # make test keeps tests/test_cluster.py's student-worker kill as its fault test
 def test_driver_killed_in_the_student_stage_resumes_without_retraining_teachers(
     tiny_dataset: tuple[Path, Manifest], tmp_path: Path
 ) -> None:
