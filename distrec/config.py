@@ -156,6 +156,8 @@ class EvalConfig:
     batch_size: int = 8192
     # Plain PyTorch peers trained and reported beside the models (distrec.eval.peers): [] or [mf]
     peers: list[str] = field(default_factory=list)
+    # Resamples of the paired user bootstrap behind the headline's intervals (student - base); 0: none
+    bootstrap: int = 200
 
 
 @dataclass
@@ -468,6 +470,7 @@ def check_eval(evaluation: EvalConfig, tune: TuneConfig, ray: RayConfig, errors:
 
     errors.at_least("eval.k", evaluation.k, 1)
     errors.at_least("eval.batch_size", evaluation.batch_size, 1)
+    errors.at_least("eval.bootstrap", evaluation.bootstrap, 0)
     for peer in evaluation.peers:
         errors.choice("eval.peers[]", peer, PEERS)
     errors.at_least("tune.num_samples", tune.num_samples, 1)

@@ -143,7 +143,7 @@ class Console:
         """The headline of a finished run: student against base on test_id, test_ood and q1."""
         report = json.loads((run_dir / "report.json").read_text())
         took = _seconds(time.monotonic() - self.started)
-        self._write([f"done in {took}; logs in {run_dir / 'logs'}", *summary_table(report["models"])])
+        self._write([f"done in {took}; logs in {run_dir / 'logs'}", *summary_table(report)])
 
     # ------------------------------------------------------------------ drawing
 
@@ -216,10 +216,15 @@ class Console:
         self._drawn = len(lines) if redraw else 0
 
 
-def summary_table(models: dict[str, Any]) -> list[str]:
-    """Student against base: AUC on the report's headline rows (splits and q1), and the change."""
-    out = [f"{'AUC':<14}{'student':>9}{'base':>9}{'change':>9}"]
-    out += [f"{label:<14}{s:>9.4f}{b:>9.4f}{s - b:>+9.4f}" for label, s, b in headline(models)]
+def summary_table(report: dict[str, Any]) -> list[str]:
+    """Student against base: AUC on the report's headline rows (splits and q1), the change and its
+    95% interval where the evaluation computed one."""
+    out = [f"{'AUC':<14}{'student':>9}{'base':>9}{'change':>9}  95% interval"]
+    for row in headline(report):
+        line = f"{row.label:<14}{row.model:>9.4f}{row.reference:>9.4f}{row.model - row.reference:>+9.4f}"
+        if row.interval is not None:
+            line += f"  [{row.interval[0]:+.4f}, {row.interval[1]:+.4f}]"
+        out.append(line)
     return out
 
 

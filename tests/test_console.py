@@ -50,9 +50,10 @@ def test_summary_compares_student_and_base() -> None:
     def metrics(auc: float) -> dict[str, object]:
         return {"test_id": {"auc": auc, "groups": {"q1": {"auc": auc - 0.1}}}, "test_ood": {"auc": auc - 0.05}}
 
-    table = summary_table({"student": metrics(0.80), "base": metrics(0.78)})
-    assert table[0].split() == ["AUC", "student", "base", "change"]
-    assert table[1].split() == ["test_id", "0.8000", "0.7800", "+0.0200"]
+    intervals = {"student_vs_base": {"test_id": [0.011, 0.029]}}
+    table = summary_table({"models": {"student": metrics(0.80), "base": metrics(0.78)}, "intervals": intervals})
+    assert table[0].split() == ["AUC", "student", "base", "change", "95%", "interval"]
+    assert table[1].split() == ["test_id", "0.8000", "0.7800", "+0.0200", "[+0.0110,", "+0.0290]"]
     assert table[2].split() == ["test_ood", "0.7500", "0.7300", "+0.0200"]
     assert table[3].split() == ["q1", "(test_id)", "0.7000", "0.6800", "+0.0200"]
     assert len(table) == 4  # test_do and q1 of test_ood are left out where the models lack them

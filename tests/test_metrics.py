@@ -11,7 +11,15 @@ import pytest
 
 from distrec.errors import DataError
 from distrec.eval.groups import GROUP_NAMES, activity_groups, group_counts_from_parquet, groups_from_counts
-from distrec.eval.metrics import auc, evaluate, gauc, logloss, ranking_metrics
+from distrec.eval.metrics import (
+    _weighted_sorted_auc,
+    auc,
+    evaluate,
+    gauc,
+    logloss,
+    paired_auc_interval,
+    ranking_metrics,
+)
 
 
 def brute_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -136,6 +144,43 @@ def test_evaluate_overall_and_groups() -> None:
     assert by_dict["groups"]["head"] == out["groups"]["q5"]
     assert by_dict["groups"]["nobody"]["rows"] == 0 and math.isnan(by_dict["groups"]["nobody"]["auc"])
     assert "groups" not in evaluate(users, labels, probs)
+
+
+def test_weighted_auc_equals_the_auc_of_repeated_rows() -> None:
+    """A row counted w times is w copies of it: the bootstrap's weighted AUC against the brute force."""
+    rng = np.random.default_rng(3)
+    scores = rng.integers(0, 6, 300).astype(np.float64)  # many ties
+    labels = (rng.random(300) < 0.4).astype(np.float32)
+    weights = rng.integers(0, 4, 300)
+    order = np.argsort(scores, kind="stable")
+    tie = np.concatenate(([0], np.cumsum(np.diff(scores[order]) != 0)))
+    got = _weighted_sorted_auc(tie, labels[order] > 0.5, weights[order].astype(np.float64))
+    assert got == pytest.approx(brute_auc(np.repeat(labels, weights), np.repeat(scores, weights)), abs=1e-12)
+
+
+def test_paired_interval_covers_the_true_auc_difference() -> None:
+    """Scores y + N(0, s^2) have AUC Phi(1 / (s sqrt 2)) exactly, so the true difference is known.
+
+    95% intervals must cover the truth in about 95% of 40 independent test sets, and the same model
+    against itself gives [0, 0].
+    """
+    phi = lambda x: 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))  # noqa: E731
+    truth = phi(1.0 / (1.0 * math.sqrt(2))) - phi(1.0 / (1.3 * math.sqrt(2)))  # about 0.071
+    covered, widths = 0, []
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        users = rng.integers(0, 300, 3000)
+        labels = (rng.random(3000) < 0.3).astype(np.float32)
+        a = labels + rng.normal(0, 1.0, 3000)
+        b = labels + rng.normal(0, 1.3, 3000)
+        lo, hi = paired_auc_interval(users, labels, a, b, resamples=200, seed=seed)
+        covered += lo <= truth <= hi
+        widths.append(hi - lo)
+    assert covered >= 34, covered  # 95% of 40 is 38; 34 or fewer has probability < 1% under true coverage
+    assert 0.02 < np.mean(widths) < 0.12  # the interval says something: it excludes 0 and is not huge
+    assert paired_auc_interval(users, labels, a, a, resamples=50) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="not finite"):
+        paired_auc_interval(users, labels, a, np.full(3000, np.nan))
 
 
 def test_activity_groups_hand_made_counts() -> None:

@@ -80,6 +80,9 @@ def test_report_contract(finished_run: FinishedRun, tiny_dataset: tuple[Path, Ma
     for name, training in report["run"]["training"].items():
         assert training["rows"] == manifest.rows["train"], name
     assert report["models"]["student"]["test_id"]["auc"] > 0.5  # one epoch on 5.6k rows: above chance
+    intervals = report["intervals"]["student_vs_base"]  # the headline's paired bootstrap intervals
+    assert {"test_id", "test_ood", "q1 (test_id)"} <= set(intervals)
+    assert all(lo < hi for lo, hi in intervals.values()), intervals
 
 
 def test_run_directory_is_complete(finished_run: FinishedRun) -> None:
@@ -142,6 +145,7 @@ def test_ablation_variants_with_identical_settings_give_identical_metrics(
     for name in ("kd", "causald", "crl", "student"):
         assert report["run"]["training"][name]["rows"] == manifest.rows["train"], name
         assert report["models"][name] == report["models"]["base"], name
+    assert all(interval == [0.0, 0.0] for interval in report["intervals"]["student_vs_base"].values())
     # the front-door and the plain soft labels were scored once, for every training row, in row order
     soft = sorted((tmp_path / "abl" / "soft_labels").glob("*.parquet"))
     assert sum(pq.ParquetFile(f).metadata.num_rows for f in soft) == manifest.rows["train"]

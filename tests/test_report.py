@@ -50,7 +50,7 @@ def test_write_report_files(tmp_path) -> None:
     text = (tmp_path / "report.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     data = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
-    assert set(data) == {"run", "models", "heterogeneity", "ceilings", "k"}
+    assert set(data) == {"run", "models", "heterogeneity", "ceilings", "intervals", "k"}
     assert data["run"]["dataset"] == "synthetic"
     for name in ("dcn", "crl"):
         entry = data["models"][name]
@@ -89,10 +89,14 @@ def test_headline_and_dataset_tables(tmp_path) -> None:
         "activity": profile,
     }
     models = {"student": {"test_id": {"auc": 0.71, "groups": {"q1": {"auc": 0.65}}}}, "base": {"test_id": {"auc": 0.7}}}
-    assert headline(models) == [("test_id", 0.71, 0.7)]  # q1 only where both models have it
-    write_report(tmp_path, build_report(run, models))
+    intervals = {"student_vs_base": {"test_id": [-0.002, 0.021], "q1 (test_id)": [-0.03, 0.05]}}
+    report = build_report(run, models, intervals=intervals)
+    assert headline(report) == [("test_id", 0.71, 0.7, (-0.002, 0.021))]  # q1 only where both models have it
+    assert headline(build_report(run, models))[0].interval is None
+    write_report(tmp_path, report)
     md = (tmp_path / "report.md").read_text()
     assert md.startswith("# Evaluation report: r1\n")
+    assert "| test_id | 0.7100 | 0.7000 | +0.0100 | [-0.0020, +0.0210] |" in md
     assert "`synth` (scm_version 5): /d" in md and "nested" not in md
     assert "| users | items | train | valid | test_id |" in md and "| 10 | 7 | 66 | 5 | 5 |" in md
     assert "| q1 | 2 | 0-1 | 1.5% |" in md and "| q5 | 2 | 8-30 | 57.6% |" in md

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -15,7 +15,8 @@ from distrec.data.batch import BatchBuilder
 from distrec.data.schema import LABEL, MANIFEST, P_DO, P_FD, TRUTHS, USER, Manifest
 from distrec.errors import DataError
 from distrec.eval.groups import GROUP_NAMES, group_counts_from_parquet, groups_from_counts
-from distrec.eval.metrics import evaluate
+from distrec.eval.metrics import evaluate, paired_auc_interval
+from distrec.eval.report import COMPARED, HEADLINE
 from distrec.train.export import load_export
 
 EVAL_SPLITS = ("test_id", "test_ood", "test_do")
@@ -107,6 +108,18 @@ def activity_groups_of(manifest: Manifest, root: str | Path) -> np.ndarray:
     return groups_from_counts(interaction_counts(manifest, root))
 
 
+def _scorer(directory: str | Path, root: str | Path) -> tuple[torch.nn.Module, BatchBuilder, Manifest]:
+    """An exported model with the batch builder that reads the dataset at ``root`` into its tables."""
+    model, _, trained_on = load_export(directory)
+    manifest = Manifest.read(root)
+    if manifest.schema() != trained_on.schema():
+        raise DataError(
+            f"{Path(root) / MANIFEST}: its columns {manifest.schema().names} are not those the model "
+            f"{directory} was trained on {trained_on.schema().names}"
+        )
+    return model, BatchBuilder(manifest.with_table_rows(trained_on.table_rows)), manifest
+
+
 def evaluate_export(
     directory: str | Path,
     root: str | Path,
@@ -118,14 +131,7 @@ def evaluate_export(
     """``{split: metrics with per-group metrics}`` for one exported model on the dataset at ``root``
     (any dataset with the model's columns: its ids, read into the model's tables)."""
     torch.set_num_threads(1)
-    model, _, trained_on = load_export(directory)
-    manifest = Manifest.read(root)
-    if manifest.schema() != trained_on.schema():
-        raise DataError(
-            f"{Path(root) / MANIFEST}: its columns {manifest.schema().names} are not those the model "
-            f"{directory} was trained on {trained_on.schema().names}"
-        )
-    builder = BatchBuilder(manifest.with_table_rows(trained_on.table_rows))
+    model, builder, manifest = _scorer(directory, root)
     out: dict[str, Any] = {}
     for split in splits:
         if split not in manifest.splits:
@@ -133,6 +139,31 @@ def evaluate_export(
         scored = score_files(model, builder, manifest.files(root, split), batch_size)
         metrics = evaluate(scored["users"], scored["labels"], scored["probs"], groups=groups, k=k)
         out[split] = with_causal_error(metrics, scored, groups)
+    return out
+
+
+@ray.remote(num_cpus=1)
+def _headline_intervals(
+    directory: str, reference: str, root: str, groups: np.ndarray, batch_size: int, resamples: int, seed: int
+) -> dict[str, list[float]]:
+    """``{row: [lo, hi]}``: the paired bootstrap interval (:func:`paired_auc_interval`) of the AUC of
+    the model at ``directory`` minus that at ``reference``, on every headline row the dataset has."""
+    torch.set_num_threads(1)
+    (model, builder, manifest), (ref_model, ref_builder, _) = _scorer(directory, root), _scorer(reference, root)
+    out: dict[str, list[float]] = {}
+    for label, (split, *group) in HEADLINE:
+        if split not in manifest.splits:
+            continue
+        files = manifest.files(root, split)
+        scored = score_files(model, builder, files, batch_size)
+        ref_probs = score_files(ref_model, ref_builder, files, batch_size)["probs"]
+        users, rows = scored["users"], slice(None)
+        if group:  # ("groups", NAME): the rows of that activity group's users
+            rows = groups[users] == GROUP_NAMES.index(group[-1])
+        interval = paired_auc_interval(
+            users[rows], scored["labels"][rows], scored["probs"][rows], ref_probs[rows], resamples, seed=seed
+        )
+        out[label] = list(interval)
     return out
 
 
@@ -161,6 +192,12 @@ def _evaluate_peer(name: str, root: str, groups: np.ndarray, k: int, seed: int) 
     return out, chosen
 
 
+class Evaluation(NamedTuple):
+    metrics: dict[str, dict[str, Any]]  # by model (and peer) name: {split: metrics}
+    peers: dict[str, dict]  # what each peer's search chose
+    intervals: dict[str, dict[str, list[float]]]  # {"MODEL_vs_REFERENCE": {headline row: [lo, hi]}}
+
+
 def evaluate_exports(
     exports: dict[str, Path],
     root: str | Path,
@@ -168,9 +205,11 @@ def evaluate_exports(
     batch_size: int,
     peers: tuple[str, ...] | list[str] = (),
     seed: int = 0,
-) -> tuple[dict[str, dict[str, Any]], dict[str, dict]]:
+    bootstrap: int = 0,
+) -> Evaluation:
     """Evaluate every model, and train and evaluate every peer, in parallel Ray tasks (on a cluster
-    they run where the data is). Returns the metrics by name and what each peer's search chose."""
+    they run where the data is). With ``bootstrap`` resamples, also the intervals of the headline's
+    pair (``distrec.eval.report.COMPARED``) where both were exported."""
     manifest = Manifest.read(root)
     groups_ref = ray.put(activity_groups_of(manifest, root))
     refs = {
@@ -178,8 +217,14 @@ def evaluate_exports(
         for name, directory in exports.items()
     }
     peer_refs = {name: _evaluate_peer.remote(name, str(root), groups_ref, k, seed) for name in peers}
+    model, reference = COMPARED
+    interval_refs = {}
+    if bootstrap and model in exports and reference in exports:
+        interval_refs[f"{model}_vs_{reference}"] = _headline_intervals.remote(
+            str(exports[model]), str(exports[reference]), str(root), groups_ref, batch_size, bootstrap, seed
+        )
     metrics = {name: ray.get(ref) for name, ref in refs.items()}
     chosen = {}
     for name, ref in peer_refs.items():
         metrics[name], chosen[name] = ray.get(ref)
-    return metrics, chosen
+    return Evaluation(metrics, chosen, {pair: ray.get(ref) for pair, ref in interval_refs.items()})

@@ -18,7 +18,7 @@ import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -40,12 +40,21 @@ HEADLINE = (
     ("q1 (test_ood)", ("test_ood", "groups", "q1")),
 )
 """The headline rows: where a causal student should beat ``base`` (splits, and the tail users q1)."""
+COMPARED = ("student", "base")
+"""The headline's pair: the configured student against the label-only model of the same architecture."""
 
 
-def headline(
-    models: Mapping[str, Any], model: str = "student", reference: str = "base"
-) -> list[tuple[str, float, float]]:
-    """``[(row, model AUC, reference AUC)]`` for the HEADLINE rows both models have."""
+class HeadlineRow(NamedTuple):
+    label: str
+    model: float  # AUC
+    reference: float
+    interval: tuple[float, float] | None  # paired bootstrap interval of model - reference, where computed
+
+
+def headline(report: Mapping[str, Any]) -> list[HeadlineRow]:
+    """The HEADLINE rows both COMPARED models of ``report`` have, with the evaluation's intervals."""
+    models, (model, reference) = report.get("models", {}), COMPARED
+    intervals = (report.get("intervals") or {}).get(f"{model}_vs_{reference}", {})
 
     def auc(metrics: Mapping[str, Any], path: tuple[str, ...]) -> float | None:
         for key in path:
@@ -57,7 +66,8 @@ def headline(
     for label, path in HEADLINE:
         a, b = auc(models.get(model, {}), path), auc(models.get(reference, {}), path)
         if a is not None and b is not None:
-            rows.append((label, a, b))
+            interval = intervals.get(label)
+            rows.append(HeadlineRow(label, a, b, tuple(interval) if interval and None not in interval else None))
     return rows
 
 
@@ -91,11 +101,13 @@ def build_report(
     models: Mapping[str, Mapping[str, Any]],
     k: int = 10,
     ceilings: Mapping[str, Mapping[str, Any]] | None = None,
+    intervals: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The report dict from ``models[NAME][split]`` = :func:`distrec.eval.metrics.evaluate` output.
 
-    Adds each model's top-level ``"groups"`` (those of test_id), the heterogeneity section and, on
-    synthetic data, the ``"ceilings"``: ``{split: {truth: metrics}}`` of the stored truths.
+    Adds each model's top-level ``"groups"`` (those of test_id), the heterogeneity section, on
+    synthetic data the ``"ceilings"`` (``{split: {truth: metrics}}`` of the stored truths), and the
+    headline's ``"intervals"`` (``{"student_vs_base": {row: [lo, hi]}}``) where they were computed.
     """
     entries: dict[str, dict[str, Any]] = {}
     for name, splits in models.items():
@@ -106,6 +118,7 @@ def build_report(
         "models": entries,
         "heterogeneity": {name: heterogeneity(entry, k) for name, entry in entries.items()},
         "ceilings": dict(ceilings or {}),
+        "intervals": dict(intervals or {}),
         "k": k,
     }
 
@@ -175,6 +188,10 @@ def _fmt(x: Any) -> str:
     return str(x)
 
 
+def _interval(interval: tuple[float, float] | None) -> str:
+    return "n/a" if interval is None else f"[{interval[0]:+.4f}, {interval[1]:+.4f}]"
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
@@ -186,13 +203,17 @@ def _markdown(report: Mapping[str, Any], plots: list[tuple[str, str]]) -> str:
     metrics = metric_names(int(report.get("k", 10)))
     causal = [c for c in CAUSAL if any(c in m.get(s, {}) for m in models.values() for s in _splits(models))]
     lines = [f"# Evaluation report{': ' + run['id'] if run.get('id') else ''}", ""]
-    top = headline(models)
+    top = headline(report)
     if top:
         lines += ["## Student against base", ""]
-        lines += _table(["AUC", "student", "base", "change"], [[r, a, b, f"{a - b:+.4f}"] for r, a, b in top])
+        lines += _table(
+            ["AUC", "student", "base", "change", "95% interval"],
+            [[r.label, r.model, r.reference, f"{r.model - r.reference:+.4f}", _interval(r.interval)] for r in top],
+        )
         lines += [
-            "One run, one seed, so no interval: `scripts/results.py` runs 3 seeds and writes means, spreads and "
-            "paired differences against base (docs/results.md).",
+            "The interval is a paired bootstrap over the test users (`eval.bootstrap` resamples): the test "
+            "set's sampling noise, not the seed's; `scripts/results.py` runs 3 seeds and writes means, "
+            "spreads and paired differences against base (docs/results.md).",
             "",
         ]
     lines += _dataset_section(run)

@@ -364,13 +364,19 @@ def evaluate(ctx: RunContext) -> dict[str, Any]:
     ctx.stage("evaluation")
     log.info("evaluating %d models", len(names))
     exports = {name: ctx.model_dir(name) for name in names}
-    metrics, peers = evaluate_exports(
-        exports, ctx.root, ctx.config.eval.k, ctx.config.eval.batch_size, ctx.config.eval.peers, ctx.config.seed
+    evaluation = ctx.config.eval
+    metrics, peers, intervals = evaluate_exports(
+        exports, ctx.root, evaluation.k, evaluation.batch_size, evaluation.peers, ctx.config.seed, evaluation.bootstrap
     )
     if ctx.config.ablation:
         metrics["causald+crl"] = metrics["student"]  # the configured student is the full method
     groups = activity_groups_of(ctx.manifest, ctx.root)
-    out = {"models": metrics, "peers": peers, "ceilings": ceilings(ctx.root, groups, ctx.config.eval.k)}
+    out = {
+        "models": metrics,
+        "peers": peers,
+        "ceilings": ceilings(ctx.root, groups, evaluation.k),
+        "intervals": intervals,
+    }
     atomic_write_json(path, out)
     return out
 
@@ -397,7 +403,7 @@ def write_run_report(ctx: RunContext, metrics: dict[str, Any], seconds: float) -
         "seconds": round(seconds, 1),
         "host": {"cpus": os.cpu_count()},
     }
-    report = build_report(run_info, metrics["models"], config.eval.k, metrics.get("ceilings"))
+    report = build_report(run_info, metrics["models"], config.eval.k, metrics.get("ceilings"), metrics.get("intervals"))
     write_report(ctx.run_dir, report)
     final_dir = ctx.run_dir.with_name(run_info["id"])
     os.replace(ctx.run_dir, final_dir)
