@@ -112,6 +112,26 @@ def synthetic(out: Path, rows: int, seed: int = 0, rows_per_file: int | None = N
     return root
 
 
+def stream_inputs(root: Path, work: Path, bank_size: int) -> tuple[Path, Path]:
+    """A freshly initialised export of ``jobs/local.yaml``'s first teacher and a history bank for
+    ``root``, under ``work``: what a soft-label stream needs (its cost does not depend on the weights)."""
+    import torch
+
+    from distrec.config import load_config
+    from distrec.data.schema import Manifest
+    from distrec.models.architectures import model_from_config
+    from distrec.orchestrate.stream import write_history_bank
+    from distrec.train.export import export_spec, write_export
+
+    manifest = Manifest.read(root)
+    spec = load_config(REPO / "jobs" / "local.yaml").teachers[0]
+    torch.manual_seed(0)
+    model = model_from_config(spec, manifest, torch.device("cpu"))
+    write_export(work / "teacher", export_spec(spec), manifest, model.state_dict())
+    bank = write_history_bank(manifest, str(root), bank_size, 0, work / "bank.parquet")
+    return (work / "teacher").resolve(), bank.resolve()
+
+
 # ---- memory of a process tree, read from /proc (PSS through psutil) ------------------------------
 
 

@@ -30,32 +30,16 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, TreeMemory, load_average, loaded, ratio, synthetic
+from benchmarks.common import REPO, TreeMemory, load_average, loaded, ratio, stream_inputs, synthetic
 
 BANK_SIZE = 8
 
 
 def _prepare(out: Path, rows: int, rows_per_file: int | None = None) -> list[str]:
     """Dataset, teacher export and history bank for one log; returns the child's arguments."""
-    import torch
-
-    from distrec.config import load_config
-    from distrec.data.schema import Manifest
-    from distrec.models.architectures import model_from_config
-    from distrec.orchestrate.stream import write_history_bank
-    from distrec.train.export import write_export
-
     root = synthetic(out, rows, rows_per_file=rows_per_file)
-    manifest = Manifest.read(root)
-    spec = load_config(REPO / "jobs" / "local.yaml").teachers[0]
-    work = out / f"memory-{root.name}"
-    torch.manual_seed(0)
-    model = model_from_config(spec, manifest, torch.device("cpu"))
-    export = {"name": spec.name, "arch": spec.arch, "dim": spec.dim, "hidden": list(spec.hidden)}
-    write_export(work / "teacher", export, manifest, model.state_dict())
-    bank = write_history_bank(manifest, str(root), BANK_SIZE, 0, work / "bank.parquet")
-    teacher = (work / "teacher").resolve()
-    return ["--root", str(root.resolve()), "--teacher", str(teacher), "--bank", str(bank.resolve())]
+    teacher, bank = stream_inputs(root, out / f"memory-{root.name}", BANK_SIZE)
+    return ["--root", str(root.resolve()), "--teacher", str(teacher), "--bank", str(bank)]
 
 
 def _measure(out: Path, rows: int, args: list[str]) -> dict[str, object]:
@@ -130,8 +114,6 @@ def child(root: str, teacher: str, bank: str, batch_size: int) -> dict[str, obje
     from distrec.loopback import bind_local_ray_to_loopback
 
     bind_local_ray_to_loopback()
-    from ray.train import Checkpoint
-
     from distrec.config import RayConfig
     from distrec.data.batch import BatchBuilder
     from distrec.data.schema import Manifest
@@ -141,8 +123,7 @@ def child(root: str, teacher: str, bank: str, batch_size: int) -> dict[str, obje
     manifest = Manifest.read(root)
     files = [str(f) for f in manifest.files(root, "train")]
     with ray_session(RayConfig()):
-        checkpoint = Checkpoint.from_directory(teacher)
-        stream = soft_label_stream(files, BatchBuilder(manifest).columns, {"t": checkpoint}, Path(bank), batch_size)
+        stream = soft_label_stream(files, BatchBuilder(manifest).columns, {"t": teacher}, Path(bank), batch_size)
         name = json.loads(Path(teacher, "model.json").read_text())["name"]
         builder = BatchBuilder(manifest, [front_door_column(name)])
         rows, started = 0, time.perf_counter()

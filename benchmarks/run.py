@@ -10,6 +10,8 @@ last line of output. Every figure is a ratio against a reference measured in the
     d  two_vs_one_worker       teacher samples/s with 2 Ray Train workers  /  with 1
     e  rss_10m_vs_1m           peak PSS of the streamed data path on the large log  /  on a 10x smaller one
     f  warm_vs_cold            wall time of a cold nightly reaching the warm one's held-out AUC  /  the warm one
+    g  tiny_run_seconds        wall seconds of `distrec run jobs/local.yaml` on 10,000 rows (not a ratio)
+    h  many_files_vs_few       soft-label stream rows/s over ~3,000 small files  /  over ~10 files
 
 ``--quick`` uses smaller sizes and fewer repeats (under 5 minutes on 2 cores); the JSON and the
 document say which sizes were used. Each figure carries the min/median/max of its rounds' ratios
@@ -40,14 +42,16 @@ BENCHMARKS = {
     "d": ("two_vs_one_worker", "benchmarks.scaling"),
     "e": ("rss_10m_vs_1m", "benchmarks.memory"),
     "f": ("warm_vs_cold", "benchmarks.warm"),
+    "g": ("tiny_run_seconds", "benchmarks.tiny"),
+    "h": ("many_files_vs_few", "benchmarks.files"),
 }
-NEEDS_RAY = {"c", "d", "f"}  # in this process; (b) and (e) start their own interpreters
+NEEDS_RAY = {"c", "d", "f", "h"}  # in this process; (b), (e) and (g) start their own interpreters
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (< 5 min on 2 cores)")
-    parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated subset of a,b,c,d,e,f")
+    parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated subset of a,b,...,h")
     parser.add_argument("--out", default="bench_out", help="cached datasets, logs and results.json")
     parser.add_argument(
         "--doc", default=None, help="where to write the report (default: docs/performance.md for a full set)"
@@ -73,11 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     for key in [k for k in "ab" if k in selected]:
         details[key] = _one(key, out, args.quick, errors)
     if NEEDS_RAY & set(selected):
-        with ray_session(RayConfig()):  # one embedded Ray (the local defaults) for (c), (d) and (f)
-            for key in [k for k in "dcf" if k in selected]:
+        with ray_session(RayConfig()):  # one embedded Ray (the local defaults) for (c), (d), (f) and (h)
+            for key in [k for k in "dcfh" if k in selected]:
                 details[key] = _one(key, out, args.quick, errors)
-    if "e" in selected:  # last, with no Ray of ours running: it measures its own
-        details["e"] = _one("e", out, args.quick, errors)
+    for key in [k for k in "ge" if k in selected]:  # last, with no Ray of ours running: each starts its own
+        details[key] = _one(key, out, args.quick, errors)
     info["load_average_end"] = load_average()
     seconds = round(time.perf_counter() - started, 1)
 
@@ -143,6 +147,8 @@ def _absolute(details: dict[str, dict[str, object]]) -> dict[str, object]:
         "d": ("two_workers_samples_per_s", "one_worker_samples_per_s"),
         "e": ("ratio_rss_sum", "ratio_max_single_process", "ratio_anon_sum", "ratio_same_file_size"),
         "f": ("warm_seconds", "cold_seconds", "warm_auc", "cold_epochs", "reached"),
+        "g": ("outside_loops_share", "training_loop_seconds", "stages"),
+        "h": ("many_rows_per_s", "few_rows_per_s", "files"),
     }
     out: dict[str, object] = {}
     for k, names in keys.items():
