@@ -62,7 +62,10 @@ def finished_run(tiny_dataset: tuple[Path, Manifest], tmp_path_factory: pytest.T
 def test_report_contract(finished_run: FinishedRun, tiny_dataset: tuple[Path, Manifest]) -> None:
     _, manifest = tiny_dataset
     report = json.loads((finished_run.dir / "report.json").read_text())
-    assert set(report["run"]) >= {"config", "dataset", "rows", "seconds"}
+    assert set(report["run"]) >= {"config", "dataset", "rows", "seconds", "stages"}
+    stages = [s["stage"] for s in report["run"]["stages"]]
+    assert stages[:2] == ["data and checks", "starting Ray"] and stages[-2:] == ["evaluation", "report"], stages
+    assert sum(s["seconds"] for s in report["run"]["stages"]) <= report["run"]["seconds"] + 1
     assert report["run"]["rows"]["train"] == manifest.rows["train"]
     activity = report["run"]["activity"]  # the activity groups' edges, for report.md's dataset table
     assert list(activity) == ["q1", "q2", "q3", "q4", "q5"]

@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -121,10 +121,18 @@ class RunContext:
     manifest: Manifest
     console: Console | None = None
     progress: Any = None  # the console's ProgressBoard actor, passed to every model's workers
+    timeline: list[tuple[str, float]] = field(default_factory=list)  # (stage, perf_counter at its start)
 
     def stage(self, name: str, models: list[str] | None = None) -> None:
+        self.timeline.append((name, time.perf_counter()))
         if self.console is not None:
             self.console.stage(name, models or [])
+
+    def stage_seconds(self) -> list[dict[str, Any]]:
+        """Wall seconds of every stage this process ran, in order (each lasts until the next begins)."""
+        ends = [start for _, start in self.timeline[1:]] + [time.perf_counter()]
+        spans = zip(self.timeline, ends, strict=True)
+        return [{"stage": name, "seconds": round(end - start, 1)} for (name, start), end in spans]
 
     @property
     def storage(self) -> str:
@@ -226,9 +234,11 @@ def run(config: Config, resume: Path | None = None, console: Console | None = No
     started = time.perf_counter()
     ctx = open_run(config, resume)
     ctx.console = console
+    ctx.timeline.append(("data and checks", started))
     logs = ctx.run_dir / "logs"
     quiet = console is not None and not console.verbose
     with console.session(logs) if console else nullcontext():
+        ctx.stage("starting Ray")
         with ray_session(ctx.config.ray, logs if quiet else None):  # Ray's logs are copied as it ends
             if console is not None:
                 ctx.progress = ray.remote(num_cpus=0)(ProgressBoard).remote()
@@ -401,6 +411,7 @@ def write_run_report(ctx: RunContext, metrics: dict[str, Any], seconds: float) -
         "training": training,
         "peers": metrics["peers"],
         "seconds": round(seconds, 1),
+        "stages": ctx.stage_seconds(),
         "host": {"cpus": os.cpu_count()},
     }
     report = build_report(run_info, metrics["models"], config.eval.k, metrics.get("ceilings"), metrics.get("intervals"))
