@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from distrec.config import Config, ModelConfig, RayConfig, check, to_dict, to_yaml
+from distrec.config import Config, ModelConfig, RayConfig, TrainConfig, check, to_dict, to_yaml
 from distrec.console import Console, ProgressBoard, copy_ray_logs
 from distrec.data.batch import BatchBuilder
 from distrec.data.schema import ITEM, MANIFEST, SPLITS, USER, Manifest
@@ -144,9 +144,10 @@ class RunContext:
     def done(self, name: str) -> bool:
         return (self.model_dir(name) / TRAINING).is_file()
 
-    def task(self, model: ModelConfig, seed: int, **extra: Any) -> WorkerTask:
+    def task(self, model: ModelConfig, seed: int, train: TrainConfig | None = None, **extra: Any) -> WorkerTask:
+        """The worker task of ``model``, trained with ``train`` (default: the run's training settings)."""
         dataset = str(self.root.resolve())
-        train = self.config.train
+        train = train or self.config.train
         return WorkerTask(model=model, train=train, dataset=dataset, seed=seed, progress=self.progress, **extra)
 
 

@@ -84,12 +84,12 @@ def _trial_task(config: Config, ctx: RunContext, soft_labels: list[str] | None) 
     """The WorkerTask of the model being tuned (``check_target`` has passed), under ``config``."""
     target = config.tune.target
     if target == "base":
-        return ctx.task(replace(config.student, name="base"), config.seed)
+        return ctx.task(replace(config.student, name="base"), config.seed, config.train)
     if target == "student":
         model, extra = student_variants(config, [t.name for t in config.teachers])[-1]
-        return ctx.task(model, config.seed, train_files=soft_labels, **extra)
+        return ctx.task(model, config.seed, config.train, train_files=soft_labels, **extra)
     i, teacher = next((i, t) for i, t in enumerate(config.teachers) if t.name == target)
-    return ctx.task(teacher, config.seed + i)
+    return ctx.task(teacher, config.seed + i, config.train)
 
 
 def tune(config: Config) -> Path:
