@@ -39,6 +39,7 @@ _IMPORT_FLAGS = {
     **{name: name for name in ("user_col", "item_col", "label_col", "time_col", "time_unit", "policy_col")},
     **{name: name for name in ("propensity_col", "random_col", "label_threshold", "ood", "history_len")},
     **{name: name for name in ("partition", "valid_fraction", "test_fraction", "split", "name")},
+    "valid_random_fraction": "valid_random_fraction",
     "confounder_col": "confounder_cols",
     "sparse_col": "sparse_cols",
     "position_col": "position_col",
@@ -312,6 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     imp.add_argument("--valid-fraction", type=float, help="latest logged rows (per user) before test_id [0.1]")
     imp.add_argument("--test-fraction", type=float, help="latest logged rows (per user), the test_id split [0.1]")
+    imp.add_argument(
+        "--valid-random-fraction",
+        type=float,
+        help="earliest random-exposure rows that form valid_random instead of test_ood [0]",
+    )
     imp.add_argument("--name", help="dataset name in the manifest [the file's stem]")
     imp.add_argument(
         "--headroom",

@@ -198,6 +198,21 @@ def test_ood_file_random_flags_and_propensities(tmp_path: Path, caplog: pytest.L
     assert test_id[0]["ts"] == 50 and test_id[0]["hist_item_ids"] == [0, 1, 1]
 
 
+def test_valid_random_takes_the_earliest_random_exposures(tmp_path: Path) -> None:
+    # 10 logged rows, then 5 random exposures at t = 100..104 (flagged in the log itself)
+    rows = [f"{u % 2},{u % 3},{u % 2},{u},0" for u in range(10)] + [f"{u % 2},{u % 3},1,{100 + u},1" for u in range(5)]
+    main = write_csv(tmp_path / "log.csv", "u,i,y,t,rnd", rows)
+    common = dict(user_col="u", item_col="i", label_col="y", time_col="t", random_col="rnd", test_fraction=0.2)
+    manifest = import_interactions(main, tmp_path / "out", valid_random_fraction=0.4, **common)
+    assert manifest.rows == {"train": 7, "valid": 1, "test_id": 2, "test_ood": 3, "valid_random": 2}
+    assert manifest.source["valid_random_fraction"] == 0.4
+    out = tmp_path / "out"
+    ts = {s: pq.read_table(manifest.files(out, s), columns=["ts"])["ts"].to_pylist() for s in manifest.rows}
+    assert sorted(ts["valid_random"]) == [100, 101] and sorted(ts["test_ood"]) == [102, 103, 104]
+    with pytest.raises(ConfigError, match="valid_random_fraction"):
+        import_interactions(main, tmp_path / "bad", valid_random_fraction=1.0, **common)
+
+
 # row number: user, item, label, timestamp, is_random; a: 10 logged rows (two in the same second) and one
 # random row, b: 5, c: 2 (the latest rows of the log, all of them)
 PER_USER_LOG = {

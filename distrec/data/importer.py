@@ -39,6 +39,10 @@ Conventions (see :func:`import_interactions`):
   The mode and fractions are recorded in ``manifest.source`` (``split``, ``valid_fraction``,
   ``test_fraction``). Histories do not depend on the split (above), so a test row's history never
   holds the row itself, a later row or a row of the same second.
+* ``valid_random_fraction``: the earliest fraction (by time) of the random-exposure rows form
+  ``valid_random`` instead of test_ood: a validation split under the random policy, the only one on
+  which settings that trade in-distribution fit for robustness to an exposure shift (CRL's ``beta``)
+  can be chosen (``train.valid_split=valid_random``); the rest stay test_ood, all later in time.
 * a split without rows (e.g. test_ood of a log without random exposures and no ``--ood``) is left
   out of the manifest's ``splits`` and ``rows`` and gets no directory: readers check membership.
 * ``manifest.source["days"]`` is ``{YYYY-MM-DD: {split: rows}}`` of every partition (a month's under its
@@ -554,6 +558,18 @@ def per_user_sizes(counts: np.ndarray, valid_fraction: float, test_fraction: flo
     return np.where(enough, valid, 0), np.where(enough, test, 0)
 
 
+def _carve_valid_random(split: np.ndarray, ts: np.ndarray, to_ood: np.ndarray, fraction: float) -> int:
+    """In place: the earliest ``round(fraction * n)`` of the ``n`` random-exposure rows become valid_random.
+
+    Returns their number.
+    """
+    random_rows = np.flatnonzero(to_ood)
+    count = round(len(random_rows) * fraction)
+    if count:
+        split[random_rows[np.argsort(ts[random_rows], kind="stable")[:count]]] = SPLITS.index("valid_random")
+    return count
+
+
 def _assign_splits_per_user(
     path: Path, user: np.ndarray, ts: np.ndarray, to_ood: np.ndarray, valid_fraction: float, test_fraction: float
 ) -> tuple[np.ndarray, int]:
@@ -642,6 +658,7 @@ def import_interactions(
     sparse_sides: Mapping[str, Side] | None = None,
     valid_fraction: float = 0.1,
     test_fraction: float = 0.1,
+    valid_random_fraction: float = 0.0,
     split: str = "global-time",
     history_len: int = 20,
     partition: str = "auto",
@@ -679,6 +696,8 @@ def import_interactions(
         raise ConfigError(f"time_unit {time_unit!r}: expected one of {sorted(TIME_UNITS)}")
     if not (0 <= valid_fraction < 1 and 0 <= test_fraction < 1 and valid_fraction + test_fraction < 1):
         raise ConfigError("valid_fraction and test_fraction must be in [0, 1) and sum to less than 1")
+    if not 0 <= valid_random_fraction < 1:
+        raise ConfigError(f"valid_random_fraction must be in [0, 1), got {valid_random_fraction}")
     if split not in SPLIT_MODES:
         raise ConfigError(f"split {split!r}: expected one of {list(SPLIT_MODES)}")
     if history_len < 0:
@@ -735,6 +754,7 @@ def import_interactions(
             "split": split,
             "valid_fraction": valid_fraction,
             "test_fraction": test_fraction,
+            "valid_random_fraction": valid_random_fraction,
         }
         if split == "per-user-time":
             assigned, train_only = _assign_splits_per_user(
@@ -743,6 +763,8 @@ def import_interactions(
             split_notes["split_train_only_users"] = train_only
         else:
             assigned = _assign_splits(interactions, ts, to_ood, valid_fraction, test_fraction)
+        if valid_random_fraction and not _carve_valid_random(assigned, ts, to_ood, valid_random_fraction):
+            logger.warning("%s: no random-exposure rows for valid_random (valid_random_fraction)", interactions)
         history = history_index(user, ts, item, columns[LABEL] == 1, history_len)
 
         sides = dict(sparse_sides or {})
