@@ -145,6 +145,7 @@ def document(done: dict[str, list[tuple[list[str], Path]]], seconds: dict[str, f
         out += [f"## {name}", "", f"{len(runs)} run(s), {seconds.get(name, 0):.0f} s in all. Commands:", ""]
         out += [f"    distrec run jobs/local.yaml {' '.join(args)}" for args, _ in runs] + [""]
         metrics = ("auc", "gauc", "logloss", "ndcg@10", "causal_rmse", "causal_logloss", "fd_rmse", "fd_logloss")
+        metrics += ("confounder_mi",)
         for split in ("test_id", "test_ood", "test_do"):
             if all(split in r["models"]["base"] for r in reports):
                 out += [f"### {split}", "", *table(reports, split, metrics), ""]

@@ -19,6 +19,7 @@ from distrec.eval.metrics import (
     logloss,
     paired_auc_interval,
     ranking_metrics,
+    score_confounder_mi,
 )
 
 
@@ -222,3 +223,23 @@ def test_group_counts_from_parquet(tmp_path) -> None:
     np.testing.assert_array_equal(grown, expected[: grown.size])
     with pytest.raises(DataError, match="part-1"):
         group_counts_from_parquet(files, num_users=20)
+
+
+def test_score_confounder_mi_matches_the_exact_mutual_information() -> None:
+    rng = np.random.default_rng(0)
+    n = 400_000
+    # C = 1[X + N > 0], X, N ~ N(0, 1): I(X; C) = ln 2 - E_X[h(Phi(X))], by quadrature
+    grid = np.linspace(-8, 8, 40_001)
+    phi = np.clip(0.5 * (1 + np.vectorize(math.erf)(grid / math.sqrt(2))), 1e-300, 1 - 1e-16)
+    entropy = -(phi * np.log(phi) + (1 - phi) * np.log1p(-phi))
+    exact = math.log(2) - np.sum(np.exp(-(grid**2) / 2) / math.sqrt(2 * math.pi) * entropy) * (grid[1] - grid[0])
+    x = rng.normal(size=n)
+    c = (x + rng.normal(size=n) > 0).astype(np.int64)
+    assert abs(exact - 0.1931) < 1e-3
+    assert score_confounder_mi(x, c) == pytest.approx(exact, abs=0.005)
+    assert score_confounder_mi(np.exp(3 * x), c) == score_confounder_mi(x, c)  # any monotone transform
+    independent = rng.integers(0, 3, n)
+    assert score_confounder_mi(x, independent) < 1e-3
+    assert score_confounder_mi(np.zeros(n), independent) == 0.0  # a constant score carries nothing
+    decided = np.repeat([0, 1], n // 2)  # the score reveals C: I = H(C) = ln 2
+    assert score_confounder_mi(decided + 1e-3 * rng.normal(size=n), decided) == pytest.approx(math.log(2), abs=0.003)

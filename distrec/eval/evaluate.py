@@ -15,7 +15,7 @@ from distrec.data.batch import BatchBuilder
 from distrec.data.schema import LABEL, MANIFEST, P_DO, P_FD, TRUTHS, USER, Manifest
 from distrec.errors import DataError
 from distrec.eval.groups import GROUP_NAMES, group_counts_from_parquet, groups_from_counts
-from distrec.eval.metrics import evaluate, paired_auc_interval
+from distrec.eval.metrics import evaluate, paired_auc_interval, score_confounder_mi
 from distrec.eval.report import COMPARED, HEADLINE
 from distrec.train.export import load_export
 
@@ -28,21 +28,36 @@ def score_files(
     model: torch.nn.Module, builder: BatchBuilder, files: list[Path], batch_size: int
 ) -> dict[str, np.ndarray]:
     """Predicted probabilities with the users and labels (and, on synthetic data, the interventional
-    truths ``p_do`` and ``p_fd``) of every row of ``files``."""
+    truths ``p_do`` and ``p_fd``) of every row of ``files``; with confounder columns also ``confounders``,
+    one code per row for the combination of them."""
     truth = list(CAUSAL_TRUTHS.values()) if builder.manifest.has_true_ctr else []
     out: dict[str, list[np.ndarray]] = {"users": [], "labels": [], "probs": [], **{t: [] for t in truth}}
+    if builder.confounders:
+        out["confounders"] = []
     columns = sorted(set(builder.columns) | {USER, LABEL, *truth})
     with torch.no_grad():
         for path in files:
             for record_batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns):
                 table = pa.Table.from_batches([record_batch])
-                out["probs"].append(torch.sigmoid(model(builder(table))).numpy())
+                batch = builder(table)
+                out["probs"].append(torch.sigmoid(model(batch)).numpy())
                 out["users"].append(table.column(USER).to_numpy())
                 out["labels"].append(table.column(LABEL).to_numpy())
                 for t in truth:
                     out[t].append(table.column(t).to_numpy())
+                if builder.confounders:
+                    out["confounders"].append(joint_code(batch.confounders.numpy(), builder.manifest))
     empty = {"users": np.int64, "labels": np.float32, "probs": np.float32, **{t: np.float32 for t in truth}}
+    empty["confounders"] = np.int64
     return {k: np.concatenate(v) if v else np.zeros(0, empty[k]) for k, v in out.items()}
+
+
+def joint_code(codes: np.ndarray, manifest: Manifest) -> np.ndarray:
+    """One code per row for the combination of its confounder codes [B, C] (mixed radix)."""
+    joint = np.zeros(len(codes), dtype=np.int64)
+    for j, cardinality in enumerate(manifest.confounders.values()):
+        joint = joint * cardinality + codes[:, j]
+    return joint
 
 
 def causal_error(
@@ -138,6 +153,8 @@ def evaluate_export(
             continue
         scored = score_files(model, builder, manifest.files(root, split), batch_size)
         metrics = evaluate(scored["users"], scored["labels"], scored["probs"], groups=groups, k=k)
+        if "confounders" in scored:
+            metrics["confounder_mi"] = score_confounder_mi(scored["probs"], scored["confounders"])
         out[split] = with_causal_error(metrics, scored, groups)
     return out
 
@@ -188,7 +205,13 @@ def _evaluate_peer(name: str, root: str, groups: np.ndarray, k: int, seed: int) 
                 columns = list(CAUSAL_TRUTHS.values())
                 truth = pa.concat_tables(pq.read_table(f, columns=columns) for f in manifest.files(root, split))
                 scored.update({c: truth.column(c).to_numpy() for c in columns})
-            out[split] = with_causal_error(evaluate(users, labels, probs, groups=groups, k=k), scored, groups)
+            metrics = evaluate(users, labels, probs, groups=groups, k=k)
+            if manifest.confounders:
+                names = list(manifest.confounders)
+                codes = pa.concat_tables(pq.read_table(f, columns=names) for f in manifest.files(root, split))
+                confounders = np.stack([codes.column(c).to_numpy() for c in names], axis=1)
+                metrics["confounder_mi"] = score_confounder_mi(probs, joint_code(confounders, manifest))
+            out[split] = with_causal_error(metrics, scored, groups)
     return out, chosen
 
 

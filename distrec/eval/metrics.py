@@ -150,6 +150,31 @@ def logloss(labels: npt.ArrayLike, probs: npt.ArrayLike, eps: float = 1e-7) -> f
     return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log1p(-p)))
 
 
+def score_confounder_mi(scores: npt.ArrayLike, confounder: npt.ArrayLike, bins: int = 20) -> float:
+    """I(score; C) in nats: how much the exposure confounder C can be read off a model's score.
+
+    The plug-in estimate over ``bins`` equal-count bins of the score (so any monotone transform of the
+    score gives the same value) and the codes of C, less the Miller-Madow bias (B - 1)(K - 1) / 2N of
+    the plug-in, floored at 0. CRL trains the critic's estimate of I(Z; C) down; this is a held-out
+    reading of the same quantity on a test split, with no critic. NaN when empty.
+    """
+    scores, codes = _columns(scores, confounder)
+    if not scores.size:
+        return float("nan")
+    order = np.argsort(scores, kind="stable")
+    ranks = np.empty(len(scores), dtype=np.int64)
+    ranks[order] = np.searchsorted(scores[order], scores[order], side="left")  # tied scores share a rank
+    score_bin = ranks * bins // len(scores)
+    _, code = np.unique(codes, return_inverse=True)
+    joint = np.bincount(score_bin * (code.max() + 1) + code, minlength=bins * (code.max() + 1))
+    joint = joint.reshape(bins, code.max() + 1) / len(scores)
+    outer = joint.sum(1, keepdims=True) * joint.sum(0, keepdims=True)
+    nonzero = joint > 0
+    plug_in = float(np.sum(joint[nonzero] * np.log(joint[nonzero] / outer[nonzero])))
+    occupied = (np.count_nonzero(joint.sum(1)) - 1) * (np.count_nonzero(joint.sum(0)) - 1)
+    return max(plug_in - float(occupied) / (2 * len(scores)), 0.0)
+
+
 def ranking_metrics(users: npt.ArrayLike, labels: npt.ArrayLike, scores: npt.ArrayLike, k: int = 10) -> RankingMetrics:
     """NDCG@k and Recall@k of each user's logged candidates ranked by score.
 
