@@ -1,7 +1,10 @@
-"""Arrow -> Batch: exact tensors from hand-made Parquet, clear errors on bad values."""
+"""Arrow -> Batch: exact tensors from hand-made Parquet, the same batches as a plain reference when cut
+from a shard's chunks, clear errors on bad values naming the file."""
 
 from __future__ import annotations
 
+import re
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from distrec.data import reader as reader_module
 from distrec.data.batch import Batch, BatchBuilder, sparse_keys, table_index
-from distrec.data.schema import Manifest, SparseFeature
+from distrec.data.reader import ShardReader
+from distrec.data.schema import HISTORY, LABEL, Manifest, SparseFeature
 from distrec.errors import DataError
 
 
@@ -75,6 +81,8 @@ def test_record_batch_and_to_device_round_trip() -> None:
     moved = batch.to(torch.device("cpu"))
     assert moved.sparse.values().tolist() == batch.sparse.values().tolist()
     assert moved.labels.tolist() == [1.0, 0.0, 1.0]
+    empty = builder(table().slice(0, 0))
+    assert empty.size == 0 and empty.sparse.values().numel() == 0 and empty.confounders.shape == (0, 1)
 
 
 @pytest.mark.parametrize(
@@ -82,6 +90,7 @@ def test_record_batch_and_to_device_round_trip() -> None:
     [
         ({"item_id": pa.array([6, 7, 9], pa.int64())}, "column 'item_id': 2 ids outside [0, 7)"),
         ({"hist_item_ids": pa.array([[1, -1], [], [8]], pa.list_(pa.int64()))}, "column 'hist_item_ids': 2 ids"),
+        ({"hist_item_ids": pa.array([[1, None], [], [2]], pa.list_(pa.int64()))}, "'hist_item_ids': 1 null ids inside"),
         ({"label": pa.array([1.0, np.nan, 0.0], pa.float32())}, "column 'label': 1 null/NaN/inf"),
         ({"user_id": pa.array([0, None, 1], pa.int64())}, "column 'user_id': 1 null values"),
         ({"conf_pos": pa.array([0, 4, 4], pa.int64())}, "column 'conf_pos': 2 ids outside [0, 4)"),
@@ -111,3 +120,119 @@ def test_table_index_spreads_ids_evenly() -> None:
     rows = table_index(np.arange(1_000_000, dtype=np.int64), 1_000_000, 1_000)
     counts = np.bincount(rows, minlength=1_000)
     assert counts.min() > 900 and counts.max() < 1_100
+
+
+# ----------------------------------------------------------------------------- batches cut from a shard's chunks
+
+SOFT = ["fd__t", "kd__t"]
+
+
+def wide_manifest() -> Manifest:
+    """Three sparse features (items hashed into a table smaller than their ids), two dense columns, two
+    confounders and a history."""
+    return Manifest(
+        name="wide",
+        sparse=[
+            SparseFeature("user_id", 50, "user"),
+            SparseFeature("item_id", 13, "item", table_rows=5),
+            SparseFeature("tag", 4, "item"),
+        ],
+        dense=["price", "age"],
+        confounders={"conf_a": 3, "conf_b": 5},
+        history_max_len=6,
+    )
+
+
+def random_log(rng: np.random.Generator, rows: int) -> pa.Table:
+    manifest = wide_manifest()
+    columns: dict[str, pa.Array] = {s.name: pa.array(rng.integers(0, s.cardinality, rows)) for s in manifest.sparse}
+    columns |= {d: pa.array(rng.normal(size=rows).astype(np.float32)) for d in manifest.dense}
+    columns |= {c: pa.array(rng.integers(0, n, rows)) for c, n in manifest.confounders.items()}
+    columns[LABEL] = pa.array(rng.integers(0, 2, rows).astype(np.float32))
+    histories = [rng.integers(0, 13, rng.integers(0, 7)).tolist() for _ in range(rows)]
+    histories[rows // 2] = None  # a null history: an empty one
+    columns[HISTORY] = pa.array(histories, pa.list_(pa.int64()))
+    columns |= {c: pa.array(rng.random(rows).astype(np.float32)) for c in SOFT}
+    return pa.table(columns)
+
+
+def reference(table: pa.Table, manifest: Manifest) -> Batch:
+    """A batch built the plain way: Python rows, one tensor per field, ``from_lengths_sync``."""
+    rows = table.to_pylist()
+    values: list[int] = []
+    for s in manifest.sparse:
+        values += table_index(np.array([r[s.name] for r in rows], np.int64), s.cardinality, s.rows).tolist()
+    histories = [r[HISTORY] or [] for r in rows]
+    items = np.array([i for h in histories for i in h], np.int64)
+    values += table_index(items, manifest.cardinality["item_id"], manifest.table_rows["item_id"]).tolist()
+    lengths = [1] * len(rows) * len(manifest.sparse) + [len(h) for h in histories]
+
+    def matrix(names: list[str], dtype: torch.dtype) -> torch.Tensor:
+        return torch.tensor([[r[c] for c in names] for r in rows], dtype=dtype).reshape(len(rows), len(names))
+
+    return Batch(
+        sparse=KeyedJaggedTensor.from_lengths_sync(
+            sparse_keys(manifest), torch.tensor(values, dtype=torch.int64), torch.tensor(lengths, dtype=torch.int32)
+        ),
+        dense=matrix(manifest.dense, torch.float32),
+        labels=matrix([LABEL], torch.float32).reshape(-1),
+        weights=torch.ones(len(rows)),
+        confounders=matrix(list(manifest.confounders), torch.int64),
+        soft_labels=matrix(SOFT, torch.float32),
+    )
+
+
+def assert_same_batch(got: Batch, want: Batch) -> None:
+    for f in fields(Batch):
+        if f.name != "sparse":
+            a, b = getattr(got, f.name), getattr(want, f.name)
+            assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), f.name
+    mine, theirs = vars(got.sparse), vars(want.sparse)  # the whole KJT: keys, tensors and cached sizes
+    assert mine.keys() == theirs.keys()
+    for key, value in mine.items():
+        other = theirs[key]
+        if isinstance(value, torch.Tensor):
+            assert value.dtype == other.dtype and torch.equal(value, other), key
+        else:
+            assert value == other, key
+
+
+@pytest.mark.parametrize(("world", "batch_size", "chunk_rows"), [(1, 64, 8192), (3, 7, 10), (2, 16, 16)])
+def test_batches_from_shard_chunks_match_the_reference(
+    tmp_path: Path, world: int, batch_size: int, chunk_rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files with uneven row groups, one without statistics; chunks smaller than, equal to and larger
+    than a batch, so batches span chunks, row groups and files."""
+    monkeypatch.setattr(reader_module, "CHUNK_ROWS", chunk_rows)
+    rng = np.random.default_rng(0)
+    files = []
+    for i, (rows, group, statistics) in enumerate([(70, 16, True), (45, 45, False), (101, 30, True)]):
+        files.append(tmp_path / f"part-{i}.parquet")
+        pq.write_table(random_log(rng, rows), files[-1], row_group_size=group, write_statistics=statistics)
+    manifest = wide_manifest()
+    builder = BatchBuilder(manifest, SOFT)
+    everything = pa.concat_tables(pq.read_table(f, columns=builder.columns) for f in files)
+    for rank in range(world):
+        reader = ShardReader(files, builder.columns, rank, world, batch_size)
+        got = list(builder.batches(reader.chunks(), batch_size))
+        shard = everything.slice(reader.begin, reader.rows)
+        want = [reference(shard.slice(i, batch_size), manifest) for i in range(0, shard.num_rows, batch_size)]
+        assert len(got) == len(want) == reader.num_batches
+        for g, w in zip(got, want, strict=True):
+            assert_same_batch(g, w)
+
+
+@pytest.mark.parametrize("statistics", [True, False])
+def test_bad_ids_in_a_file_are_named_with_the_file(tmp_path: Path, statistics: bool) -> None:
+    """With or without footer statistics, a chunk's bad ids are counted and the file named."""
+    path = tmp_path / "part.parquet"
+    log = random_log(np.random.default_rng(1), 40)
+    items = log[HISTORY].to_pylist()
+    items[3], items[9] = [13, 2], [-1]
+    pq.write_table(
+        log.set_column(log.schema.get_field_index(HISTORY), HISTORY, pa.array(items)), path, write_statistics=statistics
+    )
+    builder = BatchBuilder(wide_manifest(), SOFT)
+    chunks = ShardReader([path], builder.columns, 0, 1, batch_size=8).chunks()
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: column 'hist_item_ids': 2 ids outside \[0, 13\)"):
+        list(builder.batches(chunks, 8))

@@ -1,13 +1,17 @@
-"""Arrow record batches -> the Pipelineable batch every distrec model consumes.
+"""Arrow record batches and tables -> the Pipelineable batch every distrec model consumes.
 
-The conversion is vectorised: each column becomes one tensor through numpy, list columns are
-flattened by Arrow, and the KeyedJaggedTensor is built from whole-column values and lengths.
+A chunk of rows (``distrec.data.reader.Chunk``: a piece of a Parquet row group, or any Arrow table)
+is converted once: each column becomes one numpy array and is checked once, an id range being taken
+as proven when the row group's footer statistics lie inside it. Batches are then cut from those
+arrays: views of the label, dense, confounder and soft-label matrices, plus one copy of the batch's
+ids into the KeyedJaggedTensor's values, so a batch costs a few numpy calls whatever its columns.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
+from itertools import accumulate
 
 import numpy as np
 import pyarrow as pa
@@ -16,6 +20,7 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec.streamable import Pipelineable
 
+from distrec.data.reader import Chunk
 from distrec.data.schema import HISTORY, ITEM, LABEL, Manifest
 from distrec.errors import DataError
 
@@ -67,19 +72,6 @@ def sparse_keys(manifest: Manifest) -> list[str]:
     return keys
 
 
-def _int_column(table: pa.Table, name: str) -> np.ndarray:
-    col = table.column(name)
-    if col.null_count:
-        raise DataError(f"column {name!r}: {col.null_count} null values in a batch of {table.num_rows} rows")
-    return col.to_numpy().astype(np.int64, copy=False)
-
-
-def _check_range(name: str, values: np.ndarray, cardinality: int) -> None:
-    if values.size and (values.min() < 0 or values.max() >= cardinality):
-        bad = int(np.count_nonzero((values < 0) | (values >= cardinality)))
-        raise DataError(f"column {name!r}: {bad} ids outside [0, {cardinality}) in a batch of {values.size} values")
-
-
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: spreads consecutive ids evenly
 
 
@@ -89,6 +81,84 @@ def table_index(ids: np.ndarray, cardinality: int, rows: int) -> np.ndarray:
         return ids
     with np.errstate(over="ignore"):
         return ((ids.astype(np.uint64) * _GOLDEN >> np.uint64(17)) % np.uint64(rows)).astype(np.int64)
+
+
+def _where(chunk: Chunk) -> str:
+    return f"{chunk.source}: " if chunk.source else ""
+
+
+def _check_range(chunk: Chunk, name: str, values: np.ndarray, cardinality: int) -> None:
+    """Raise unless every id is in [0, cardinality): proven when the footer's bounds lie inside, else counted."""
+    bounds = chunk.bounds.get(name)
+    if bounds is not None and bounds[0] >= 0 and bounds[1] < cardinality:
+        return
+    wrapped = values.view(np.uint64)  # negative ids wrap past any cardinality: one pass checks both ends
+    if values.size and wrapped.max() >= cardinality:
+        bad = int(np.count_nonzero(wrapped >= cardinality))
+        raise DataError(
+            f"{_where(chunk)}column {name!r}: {bad} ids outside [0, {cardinality}) among {values.size} values"
+        )
+
+
+def _ids(chunk: Chunk, name: str, cardinality: int) -> np.ndarray:
+    col = chunk.records.column(name)
+    if col.null_count:
+        raise DataError(f"{_where(chunk)}column {name!r}: {col.null_count} null values among {len(col)} rows")
+    values = col.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    _check_range(chunk, name, values, cardinality)
+    return values
+
+
+def _floats(chunk: Chunk, names: Sequence[str]) -> np.ndarray:
+    """The columns ``names`` as a float32 matrix [rows, len(names)]; nulls, NaN and infinities are refused."""
+    out = np.empty((chunk.records.num_rows, len(names)), dtype=np.float32)
+    for j, name in enumerate(names):
+        out[:, j] = chunk.records.column(name).to_numpy(zero_copy_only=False)  # nulls arrive as NaN
+    if not np.isfinite(out).all():
+        counts = (~np.isfinite(out)).sum(axis=0)
+        problems = [f"column {names[j]!r}: {counts[j]} null/NaN/inf values" for j in np.flatnonzero(counts).tolist()]
+        raise DataError(f"{_where(chunk)}" + "; ".join(problems) + f" among {len(out)} rows")
+    return out
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """Converted, checked columns of consecutive rows, from which batches are cut."""
+
+    ids: list[np.ndarray]  # per sparse feature: [n] int64 embedding-table rows
+    history: np.ndarray  # int64 embedding-table rows of every row's history items, back to back
+    offsets: np.ndarray  # [n + 1]: row i's history is history[offsets[i]:offsets[i + 1]]
+    labels: np.ndarray  # [n] float32
+    dense: np.ndarray  # [n, num dense] float32
+    confounders: np.ndarray  # [n, num confounders] int64
+    soft_labels: np.ndarray  # [n, num soft-label columns] float32
+
+    @property
+    def size(self) -> int:
+        return len(self.labels)
+
+    def slice(self, start: int, stop: int) -> _Rows:
+        lo, hi = self.offsets[start], self.offsets[stop]
+        return _Rows(
+            [ids[start:stop] for ids in self.ids],
+            self.history[lo:hi],
+            self.offsets[start : stop + 1] - lo,
+            self.labels[start:stop],
+            self.dense[start:stop],
+            self.confounders[start:stop],
+            self.soft_labels[start:stop],
+        )
+
+    def concat(self, other: _Rows) -> _Rows:
+        return _Rows(
+            [np.concatenate(pair) for pair in zip(self.ids, other.ids, strict=True)],
+            np.concatenate((self.history, other.history)),
+            np.concatenate((self.offsets[:-1], other.offsets + self.offsets[-1])),
+            np.concatenate((self.labels, other.labels)),
+            np.concatenate((self.dense, other.dense)),
+            np.concatenate((self.confounders, other.confounders)),
+            np.concatenate((self.soft_labels, other.soft_labels)),
+        )
 
 
 class BatchBuilder:
@@ -110,51 +180,92 @@ class BatchBuilder:
         return cols + self.soft_label_columns
 
     def __call__(self, table: pa.Table | pa.RecordBatch) -> Batch:
-        if isinstance(table, pa.RecordBatch):
-            table = pa.Table.from_batches([table])
-        n = table.num_rows
-        values: list[np.ndarray] = []
-        lengths: list[np.ndarray] = []
-        for spec in self.manifest.sparse:
-            ids = _int_column(table, spec.name)
-            _check_range(spec.name, ids, spec.cardinality)
-            values.append(table_index(ids, spec.cardinality, spec.rows))
-            lengths.append(np.ones(n, dtype=np.int32))
+        """One batch of all of ``table``'s rows."""
+        rows = self._rows(_chunk(table))
+        return self._batch(rows, 0, rows.size)
+
+    def batches(self, chunks: Iterable[Chunk | pa.Table | pa.RecordBatch], batch_size: int) -> Iterator[Batch]:
+        """Batches of ``batch_size`` rows (the last may be shorter) cut in order from the rows of
+        ``chunks``: each chunk is converted and checked once, and a batch may span two chunks."""
+        rest: _Rows | None = None  # the rows after the last whole batch of the chunks so far
+        for chunk in chunks:
+            rows = self._rows(_chunk(chunk))
+            start = 0
+            if rest is not None:
+                start = min(batch_size - rest.size, rows.size)
+                rest = rest.concat(rows.slice(0, start))
+                if rest.size < batch_size:
+                    continue
+                yield self._batch(rest, 0, batch_size)
+            stop = start + (rows.size - start) // batch_size * batch_size
+            for first in range(start, stop, batch_size):
+                yield self._batch(rows, first, first + batch_size)
+            rest = rows.slice(stop, rows.size) if stop < rows.size else None
+        if rest is not None:
+            yield self._batch(rest, 0, rest.size)
+
+    def _rows(self, chunk: Chunk) -> _Rows:
+        n = chunk.records.num_rows
+        ids = [table_index(_ids(chunk, s.name, s.cardinality), s.cardinality, s.rows) for s in self.manifest.sparse]
+        confounders = np.empty((n, len(self.confounders)), dtype=np.int64)
+        for j, (name, cardinality) in enumerate(self.manifest.confounders.items()):
+            confounders[:, j] = _ids(chunk, name, cardinality)
+        history, offsets = np.empty(0, dtype=np.int64), np.zeros(n + 1, dtype=np.int64)
         if self.manifest.history_max_len > 0:
-            hist = table.column(HISTORY).combine_chunks()
-            hist_values = pc.list_flatten(hist).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-            _check_range(HISTORY, hist_values, self.cardinality[ITEM])
-            values.append(table_index(hist_values, self.cardinality[ITEM], self.manifest.table_rows[ITEM]))
-            lengths.append(pc.list_value_length(hist).fill_null(0).to_numpy().astype(np.int32))
-        sparse = KeyedJaggedTensor.from_lengths_sync(
-            keys=self.keys,
-            values=torch.from_numpy(np.concatenate(values)),
-            lengths=torch.from_numpy(np.concatenate(lengths)),
-        )
-        labels = self._float_matrix(table, [LABEL]).reshape(-1)
-        confounders = np.stack([_int_column(table, c) for c in self.confounders], axis=1) if self.confounders else None
-        if confounders is not None:
-            for j, c in enumerate(self.confounders):
-                _check_range(c, confounders[:, j], self.manifest.confounders[c])
-        return Batch(
-            sparse=sparse,
-            dense=torch.from_numpy(self._float_matrix(table, self.manifest.dense)),
-            labels=torch.from_numpy(labels),
-            weights=torch.ones(n, dtype=torch.float32),
-            confounders=torch.from_numpy(confounders)
-            if confounders is not None
-            else torch.zeros(n, 0, dtype=torch.long),
-            soft_labels=torch.from_numpy(self._float_matrix(table, self.soft_label_columns)),
+            lists = chunk.records.column(HISTORY)
+            if lists.null_count:
+                lists = pc.fill_null(lists, pa.scalar([], lists.type))  # a null list is an empty history
+            offsets = lists.offsets.to_numpy()  # into all the items of the lists this is a slice of
+            items = lists.values.slice(offsets[0], offsets[-1] - offsets[0])  # as ``flatten``, faster
+            if items.null_count:
+                raise DataError(f"{_where(chunk)}column {HISTORY!r}: {items.null_count} null ids inside lists")
+            history = items.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+            _check_range(chunk, HISTORY, history, self.cardinality[ITEM])
+            history = table_index(history, self.cardinality[ITEM], self.manifest.table_rows[ITEM])
+            offsets = offsets - offsets[0]
+        return _Rows(
+            ids,
+            history,
+            offsets,
+            _floats(chunk, [LABEL]).reshape(-1),
+            _floats(chunk, self.manifest.dense),
+            confounders,
+            _floats(chunk, self.soft_label_columns),
         )
 
-    @staticmethod
-    def _float_matrix(table: pa.Table, names: Sequence[str]) -> np.ndarray:
-        out = np.empty((table.num_rows, len(names)), dtype=np.float32)
-        for j, name in enumerate(names):
-            col = table.column(name)
-            arr = col.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-            if col.null_count or not np.isfinite(arr).all():
-                bad = col.null_count + int(np.count_nonzero(~np.isfinite(arr)))
-                raise DataError(f"column {name!r}: {bad} null/NaN/inf values in a batch of {table.num_rows} rows")
-            out[:, j] = arr
-        return out
+    def _batch(self, rows: _Rows, start: int, stop: int) -> Batch:
+        n, lo, hi = stop - start, int(rows.offsets[start]), int(rows.offsets[stop])
+        values = np.concatenate([ids[start:stop] for ids in rows.ids] + [rows.history[lo:hi]])
+        lengths = np.ones(n * len(self.keys), dtype=np.int32)
+        per_key = [n] * len(rows.ids)
+        if self.manifest.history_max_len > 0:  # the history's lengths come last
+            np.subtract(rows.offsets[start + 1 : stop + 1], rows.offsets[start:stop], out=lengths[len(per_key) * n :])
+            per_key.append(hi - lo)
+        sparse = KeyedJaggedTensor(  # what from_lengths_sync builds, without recounting the lengths
+            keys=self.keys,
+            values=torch.from_numpy(values),
+            lengths=torch.from_numpy(lengths),
+            stride=n,
+            stride_per_key=[n] * len(self.keys),
+            length_per_key=per_key,
+            offset_per_key=[0, *accumulate(per_key)],
+        )
+        return Batch(
+            sparse=sparse,
+            dense=torch.from_numpy(rows.dense[start:stop]),
+            labels=torch.from_numpy(rows.labels[start:stop]),
+            weights=torch.ones(n, dtype=torch.float32),
+            confounders=torch.from_numpy(rows.confounders[start:stop]),
+            soft_labels=torch.from_numpy(rows.soft_labels[start:stop]),
+        )
+
+
+def _chunk(data: Chunk | pa.Table | pa.RecordBatch) -> Chunk:
+    if isinstance(data, Chunk):
+        return data
+    if isinstance(data, pa.Table):  # one record batch: the table's own when it has a single one
+        batches = data.to_batches()
+        if len(batches) != 1:
+            batches = data.combine_chunks().to_batches() or [pa.RecordBatch.from_pylist([], schema=data.schema)]
+        data = batches[0]
+    return Chunk(data)

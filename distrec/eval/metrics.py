@@ -166,8 +166,8 @@ def score_confounder_mi(scores: npt.ArrayLike, confounder: npt.ArrayLike, bins: 
     ranks[order] = np.searchsorted(scores[order], scores[order], side="left")  # tied scores share a rank
     score_bin = ranks * bins // len(scores)
     _, code = np.unique(codes, return_inverse=True)
-    joint = np.bincount(score_bin * (code.max() + 1) + code, minlength=bins * (code.max() + 1))
-    joint = joint.reshape(bins, code.max() + 1) / len(scores)
+    counts = np.bincount(score_bin * (code.max() + 1) + code, minlength=bins * (code.max() + 1))
+    joint = counts.reshape(bins, code.max() + 1) / len(scores)
     outer = joint.sum(1, keepdims=True) * joint.sum(0, keepdims=True)
     nonzero = joint > 0
     plug_in = float(np.sum(joint[nonzero] * np.log(joint[nonzero] / outer[nonzero])))
