@@ -122,6 +122,11 @@ class DistillConfig:
     # The scoring stage of each teacher: its actors and the CPUs (and torch threads) of each
     scorers_per_teacher: int = 1
     scorer_cpus: float = 1.0
+    # Cross-fitting, F >= 2 folds (0: off): each teacher trains as F copies, copy f giving weight 0 to the rows
+    # of fold f (a hash of the row's user-item pair, ``distrec.train.feed.pair_folds``), and each row's soft
+    # labels come from the copy that never trained on its pair, so they do not echo the row's own label.
+    # Copy 0 keeps the teacher's name (models/<teacher>/, evaluated as the teacher); copy f is <teacher>__fold<f>.
+    cross_fit: int = 0
 
 
 @dataclass
@@ -302,6 +307,7 @@ def check(config: Config) -> None:
                 f"distill.mediator_samples={config.distill.mediator_samples} needs mediator_dropout > 0 on every "
                 f"teacher (a deterministic mediator gives identical samples): not on {fixed}"
             )
+    check_cross_fit_names(config, errors)
     if config.crl.beta > 0 and not config.crl.critic_lr > config.train.dense_lr:
         errors.add(
             f"crl.critic_lr={config.crl.critic_lr} must exceed train.dense_lr={config.train.dense_lr}: "
@@ -366,6 +372,21 @@ def check_root(config: Config, errors: Errors) -> None:
         errors.add(f"teacher names must be unique and not {list(reserved)}: {clashes}")
     if config.student.name in names:
         errors.add(f"student.name {config.student.name!r} is also a teacher's name")
+
+
+def cross_fit_copy(teacher: str, fold: int) -> str:
+    """The model name of a cross-fitted teacher's copy that holds out ``fold``; copy 0 is the teacher itself."""
+    return f"{teacher}__fold{fold}" if fold else teacher
+
+
+def check_cross_fit_names(config: Config, errors: Errors) -> None:
+    """The copies ``distill.cross_fit`` adds must not take the name of another model."""
+    from distrec.eval.peers import PEERS
+
+    names = [t.name for t in config.teachers]
+    copies = {cross_fit_copy(name, k) for name in names for k in range(1, config.distill.cross_fit)}
+    if clashes := sorted(copies & {*names, config.student.name, *RESERVED_NAMES, *PEERS}):
+        errors.add(f"distill.cross_fit={config.distill.cross_fit} names teacher copies {clashes}, as other models are")
 
 
 def check_model(key: str, model: ModelConfig, errors: Errors) -> None:
@@ -442,6 +463,8 @@ def check_causal(distill: DistillConfig, crl: CRLConfig, errors: Errors) -> None
     errors.at_least("distill.mediator_samples", distill.mediator_samples, 1)
     errors.at_least("distill.scorers_per_teacher", distill.scorers_per_teacher, 1)
     errors.at_least("distill.scorer_cpus", distill.scorer_cpus, 0, strict=True)
+    if distill.cross_fit < 0 or distill.cross_fit == 1:  # one fold would hold out every row
+        errors.add(f"distill.cross_fit must be 0 (off) or a number of folds >= 2, got {distill.cross_fit}")
     if distill.loss == "bce" and distill.temperature != 1.0:
         errors.add(f"distill.temperature={distill.temperature} needs distill.loss=kl: the bce loss has no temperature")
     if distill.schedule == "linear_warmup" and distill.warmup_steps < 1:

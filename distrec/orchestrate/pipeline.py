@@ -10,6 +10,7 @@ always a finished run:
     history_bank.parquet   the N sampled histories x' of the front-door estimate
     models/<name>/         unsharded exports (model.json + weights.pt) and training.json, per model;
                            training.json is written last: its presence marks the model complete
+                           (with distill.cross_fit=F also models/<teacher>__fold<f>/, f = 1..F-1)
     soft_labels/           the soft labels scored once, in the train split's row order (not with
                            distill.soft_labels=stream, where the student consumes the live stream)
     checkpoints/           Ray Train's run storage (sharded DCP checkpoints: a model resumes from them)
@@ -36,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from distrec.config import Config, ModelConfig, RayConfig, TrainConfig, check, to_dict, to_yaml
+from distrec.config import Config, ModelConfig, RayConfig, TrainConfig, check, cross_fit_copy, to_dict, to_yaml
 from distrec.console import Console, ProgressBoard, copy_ray_logs
 from distrec.data.batch import BatchBuilder
 from distrec.data.schema import ITEM, MANIFEST, SPLITS, USER, Manifest
@@ -195,7 +196,7 @@ def check_models(config: Config, run_dir: Path) -> None:
     for model in [*config.teachers, config.student]:
         if model.warm_start:
             read_export(model.warm_start, mmap=True)
-    for name in model_names(config):
+    for name in trained_names(config):
         if (run_dir / "models" / name / TRAINING).is_file():
             read_export(run_dir / "models" / name, mmap=True)
 
@@ -264,9 +265,14 @@ def _keep(ctx: RunContext, trained: TrainedModel) -> None:
 
 
 def train_teachers(ctx: RunContext) -> None:
-    """Stage: the K teachers and ``base`` (the student's architecture on labels alone), concurrently."""
+    """Stage: the K teachers (each as its cross-fitted copies, if any) and ``base`` (the student's
+    architecture on labels alone), concurrently."""
     config = ctx.config
-    models = [(ctx.task(t, config.seed + i), None) for i, t in enumerate(config.teachers)]
+    models = [
+        (ctx.task(copy, config.seed + i, held_out=held_out), None)
+        for i, t in enumerate(config.teachers)
+        for copy, held_out in cross_fitted(t, config.distill.cross_fit)
+    ]
     base = replace(config.student, name="base", warm_start=sibling_export(config.student.warm_start, "base"))
     models.append((ctx.task(base, config.seed), None))
     todo = [(task, ds) for task, ds in models if not ctx.done(task.model.name)]
@@ -275,6 +281,22 @@ def train_teachers(ctx: RunContext) -> None:
         log.info("training %s concurrently", ", ".join(t.model.name for t, _ in todo))
         for trained in fit_concurrently(todo, ctx.storage).values():
             _keep(ctx, trained)
+
+
+HeldOut = tuple[int, int] | None  # (fold k, folds K): a cross-fitted copy trains without fold k
+
+
+def cross_fitted(teacher: ModelConfig, folds: int) -> list[tuple[ModelConfig, HeldOut]]:
+    """The models a teacher trains as, with the fold each holds out: itself alone (``folds`` 0), or one
+    copy per fold, copy k without fold k. Copy 0 keeps the teacher's name; copy k warm-starts from its
+    namesake beside the teacher's warm start (never from a copy that trained on fold k), or from nothing."""
+    if folds < 2:
+        return [(teacher, None)]
+    copies: list[tuple[ModelConfig, HeldOut]] = [(teacher, (0, folds))]
+    for k in range(1, folds):
+        name = cross_fit_copy(teacher.name, k)
+        copies.append((replace(teacher, name=name, warm_start=sibling_export(teacher.warm_start, name)), (k, folds)))
+    return copies
 
 
 def sibling_export(export: str | None, name: str) -> str | None:
@@ -313,7 +335,10 @@ def soft_labels(ctx: RunContext) -> ray.data.Dataset:
     bank = ctx.run_dir / "history_bank.parquet"
     if not bank.is_file():
         write_history_bank(ctx.manifest, str(ctx.root), config.distill.bank_size, config.seed, bank)
-    teachers = {t.name: str(ctx.model_dir(t.name).resolve()) for t in config.teachers}
+    folds = config.distill.cross_fit
+    teachers = {
+        t.name: [str(ctx.model_dir(copy.name).resolve()) for copy, _ in cross_fitted(t, folds)] for t in config.teachers
+    }
     train_files = [str(f.resolve()) for f in ctx.manifest.files(ctx.root, "train")]
     columns = BatchBuilder(ctx.manifest).columns
     distill = config.distill
@@ -362,8 +387,14 @@ def score_soft_labels(ctx: RunContext) -> list[str]:
 
 
 def model_names(config: Config) -> list[str]:
-    """Every model a run trains, teachers first."""
+    """Every model a run evaluates, teachers first (a cross-fitted teacher as its copy 0)."""
     return [t.name for t in config.teachers] + ["base"] + [m.name for m, _ in student_variants(config, [])]
+
+
+def trained_names(config: Config) -> list[str]:
+    """Every model a run trains: those it evaluates, then the teachers' other cross-fitted copies."""
+    copies = [copy.name for t in config.teachers for copy, _ in cross_fitted(t, config.distill.cross_fit)[1:]]
+    return model_names(config) + copies
 
 
 def evaluate(ctx: RunContext) -> dict[str, Any]:
@@ -395,7 +426,7 @@ def evaluate(ctx: RunContext) -> dict[str, Any]:
 def write_run_report(ctx: RunContext, metrics: dict[str, Any], seconds: float) -> Path:
     """Stage: report.json, report.md and plots; then the run directory is renamed into place."""
     config, manifest = ctx.config, ctx.manifest
-    training = {name: json.loads((ctx.model_dir(name) / TRAINING).read_text()) for name in model_names(config)}
+    training = {name: json.loads((ctx.model_dir(name) / TRAINING).read_text()) for name in trained_names(config)}
     counts = interaction_counts(manifest, ctx.root)
     run_info = {
         "id": ctx.run_dir.name.removesuffix(".partial"),

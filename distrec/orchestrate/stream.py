@@ -10,12 +10,14 @@ Ray Data's streaming executor runs the stages concurrently with the student's co
 applies backpressure, so the soft labels are never materialised as a whole. Each scorer splits its
 teacher's head against the bank once (``bank_head``), so a row pays only for the layers after the
 first per bank entry; ``distill.scorers_per_teacher`` actors of ``distill.scorer_cpus`` CPUs each
-serve one teacher.
+serve one teacher. A cross-fitted teacher (``distill.cross_fit``) is one stage too: it holds all its
+copies and scores each row with the copy that did not train on it (``CrossFittedScorer``).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,7 @@ from distrec.causal.frontdoor import conditional_prob, front_door_prob, sample_b
 from distrec.data.batch import BatchBuilder
 from distrec.data.schema import Manifest
 from distrec.io import atomic_write_bytes
+from distrec.train.feed import row_folds
 
 # A scoring actor that dies (its node lost, OOM, a crash) is restarted with its teacher loaded again,
 # and the tasks it held are retried; a retried task's outputs take the places of those of the attempt
@@ -65,6 +68,10 @@ class TeacherScorer:
             self.bank_head = self.model.bank_head(self.bank_direct)  # the bank's share, once
 
     def __call__(self, table: pa.Table) -> pa.Table:
+        return with_soft_labels(table, self.name, *self.score(table))
+
+    def score(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """The front-door and the plain conditional probability of each row of ``table``, as float32."""
         batch = self.builder(table)
         with torch.no_grad():
             direct, mediator, item = self.model.encode(batch)
@@ -76,8 +83,34 @@ class TeacherScorer:
                 [front_door_prob(self.model.head, self.bank_direct, m, item, bank_head=self.bank_head) for m in draws]
             ).mean(0)
             kd = torch.stack([conditional_prob(self.model.head, direct, m, item) for m in draws]).mean(0)
-        table = table.append_column(front_door_column(self.name), pa.array(fd.numpy().astype(np.float32)))
-        return table.append_column(conditional_column(self.name), pa.array(kd.numpy().astype(np.float32)))
+        return fd.numpy().astype(np.float32), kd.numpy().astype(np.float32)
+
+
+class CrossFittedScorer:
+    """Ray Data stage of a cross-fitted teacher: ``export_dirs[k]`` is the copy trained without fold k,
+    and each row is scored by the copy of its fold (``distrec.train.feed.row_folds``, as in training), into
+    the teacher's columns (named after copy 0, which carries the teacher's name)."""
+
+    def __init__(
+        self, export_dirs: Sequence[str], bank_path: str, mediator_samples: int = 1, seed: int = 0, threads: int = 1
+    ) -> None:
+        self.copies = [TeacherScorer(d, bank_path, mediator_samples, seed, threads) for d in export_dirs]
+        self.name = self.copies[0].name
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        folds = row_folds(self.copies[0].builder(table), len(self.copies))
+        fd, kd = np.empty(table.num_rows, np.float32), np.empty(table.num_rows, np.float32)
+        for fold, copy in enumerate(self.copies):
+            rows = np.flatnonzero(folds == fold)
+            if rows.size:
+                fd[rows], kd[rows] = copy.score(table.take(pa.array(rows)))
+        return with_soft_labels(table, self.name, fd, kd)
+
+
+def with_soft_labels(table: pa.Table, teacher: str, fd: np.ndarray, kd: np.ndarray) -> pa.Table:
+    """``table`` with a teacher's front-door and conditional columns appended."""
+    table = table.append_column(front_door_column(teacher), pa.array(fd))
+    return table.append_column(conditional_column(teacher), pa.array(kd))
 
 
 def write_history_bank(manifest: Manifest, root: str, size: int, seed: int, out: Path) -> Path:
@@ -116,7 +149,7 @@ def read_concurrency() -> int:
 def soft_label_stream(
     train_files: list[str],
     columns: list[str],
-    teachers: dict[str, str],
+    teachers: Mapping[str, str | Sequence[str]],
     bank_path: Path,
     batch_size: int,
     mediator_samples: int = 1,
@@ -126,16 +159,20 @@ def soft_label_stream(
 ) -> ray.data.Dataset:
     """The lazily executed dataset the student trains on: logs plus every teacher's columns.
 
-    ``teachers`` maps each teacher's name to its export directory (on storage every node sees);
+    ``teachers`` maps each teacher's name to its export directory (on storage every node sees), or to
+    its cross-fitted copies' in fold order (copy k trained without fold k; one copy: not cross-fitted);
     ``mediator_samples`` draws of each teacher's stochastic mediator are averaged per row; each
     teacher gets ``scorers`` actors of ``scorer_cpus`` CPUs (and as many torch threads, at least one).
     """
     ds = ray.data.read_parquet(train_files, columns=columns, concurrency=read_concurrency())
-    for export_dir in teachers.values():
+    for exports in teachers.values():
+        copies = [exports] if isinstance(exports, str) else list(exports)
+        scorer: type[TeacherScorer | CrossFittedScorer] = TeacherScorer if len(copies) == 1 else CrossFittedScorer
+        source = {"export_dir": copies[0]} if len(copies) == 1 else {"export_dirs": copies}
         ds = ds.map_batches(
-            TeacherScorer,
+            scorer,
             fn_constructor_kwargs={
-                "export_dir": export_dir,
+                **source,
                 "bank_path": str(bank_path),
                 "mediator_samples": mediator_samples,
                 "seed": seed,

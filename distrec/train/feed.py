@@ -4,10 +4,14 @@ Sharded embedding tables make every step a collective (all-to-all), so all ranks
 same number of steps. Ray's ``streaming_split(equal=True)`` gets there by dropping rows; instead
 each rank's shard is consumed as it comes and a rank that runs out early runs zero-weight
 padding batches until every rank is done. Every row is trained exactly once.
+
+Cross-fitting (``distill.cross_fit``) holds a fold out of a teacher's copy the same way: its rows are
+read and get weight 0, so lockstep, resume and padding are those of any other model.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -16,6 +20,12 @@ import torch
 import torch.distributed as dist
 
 from distrec.data.batch import Batch, BatchBuilder
+from distrec.data.reader import Chunk
+from distrec.data.schema import ITEM, USER
+
+# splitmix64's constants: a fixed hash (never Python's salted one), so a pair's fold is the same in every
+# process, run and night, whatever the order or the batching of the rows
+_MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
 
 
 def arrow_batches(shard: object, batch_size: int) -> Iterator[pa.Table]:
@@ -23,11 +33,13 @@ def arrow_batches(shard: object, batch_size: int) -> Iterator[pa.Table]:
     yield from shard.iter_batches(batch_size=batch_size, batch_format="pyarrow", prefetch_batches=2)  # type: ignore[attr-defined]
 
 
-def to_batches(tables: Iterable[pa.Table], builder: BatchBuilder, bootstrap_seed: int | None = None) -> Iterator[Batch]:
-    """Build ``Batch``es; with a seed, rows get Poisson(1) weights (an online bootstrap sample)."""
+def to_batches(
+    chunks: Iterable[Chunk | pa.Table], builder: BatchBuilder, batch_size: int, bootstrap_seed: int | None = None
+) -> Iterator[Batch]:
+    """``Batch``es of ``batch_size`` rows cut from ``chunks`` (``BatchBuilder.batches``); with a seed,
+    rows get Poisson(1) weights (an online bootstrap sample)."""
     rng = np.random.default_rng(bootstrap_seed) if bootstrap_seed is not None else None
-    for table in tables:
-        batch = builder(table)
+    for batch in builder.batches(chunks, batch_size):
         if rng is not None:
             batch.weights = torch.from_numpy(rng.poisson(1.0, size=batch.size).astype(np.float32))
         yield batch
@@ -45,3 +57,31 @@ def lockstep(batches: Iterable[Batch], template: Batch, group: dist.ProcessGroup
         if flag.item() == 0.0:
             return
         yield batch if batch is not None else padding
+
+
+def pair_folds(users: np.ndarray, items: np.ndarray, folds: int) -> np.ndarray:
+    """The cross-fitting fold in [0, folds) of each (user, item) pair: every exposure of a pair falls in
+    one fold, so the copy that scores a row never trained on another exposure of the same pair."""
+    with np.errstate(over="ignore"):
+        h = users.astype(np.uint64) * _MIX[0] ^ items.astype(np.uint64)
+        for shift, factor in ((30, _MIX[1]), (27, _MIX[2])):
+            h = (h ^ (h >> np.uint64(shift))) * factor
+        h ^= h >> np.uint64(31)
+    return (h % np.uint64(folds)).astype(np.int64)
+
+
+def row_folds(batch: Batch, folds: int) -> np.ndarray:
+    """Each row's fold, from the user and item ids of the batch (training and scoring build the same
+    batches from the same rows, so they agree; with a hashed table, of the table rows the ids map to)."""
+    users, items = (batch.sparse[key].values().numpy() for key in (USER, ITEM))
+    return pair_folds(users, items, folds)
+
+
+def hold_out(batches: Iterable[Batch], fold: int, folds: int, held: deque[int]) -> Iterator[Batch]:
+    """Cross-fitting: rows of ``fold`` get weight 0 (read, never trained); the number of such rows of each
+    batch is appended to ``held`` in batch order, for the count of rows trained."""
+    for batch in batches:
+        out = torch.from_numpy(row_folds(batch, folds) == fold)
+        batch.weights = batch.weights.masked_fill(out, 0.0)
+        held.append(int(out.sum()))
+        yield batch

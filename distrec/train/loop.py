@@ -18,7 +18,7 @@ import json
 import math
 import tempfile
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
@@ -62,6 +62,8 @@ class WorkerTask:
     shards: list[Any] | None = None
     # A distrec.console.ProgressBoard actor: rank 0 reports its position to it about once a second.
     progress: Any = None
+    # Cross-fitting: (fold k, folds K), a teacher's copy that gives weight 0 to the rows of fold k
+    held_out: tuple[int, int] | None = None
 
 
 PROGRESS_EVERY_S = 1.0
@@ -74,7 +76,7 @@ class Progress:
     epoch: int = 0  # epochs completed
     step: int = 0  # batches done in the current epoch
     global_step: int = 0  # batches done in all epochs: the learning-rate schedule's clock
-    rows: int = 0  # rows trained by this rank, all epochs, across restarts
+    rows: int = 0  # rows trained by this rank (not a held-out fold's), all epochs, across restarts
     best_epoch: int = -1
     best_auc: float = -math.inf
     stale_epochs: int = 0  # epochs since the best one
@@ -280,15 +282,18 @@ class Worker:
 
     def train_epoch(self, epoch: int) -> torch.Tensor:
         """One pass over this rank's share; returns [weighted loss, weight, components...] summed."""
-        from distrec.train.feed import arrow_batches, lockstep, to_batches
+        from distrec.train.feed import arrow_batches, hold_out, lockstep, to_batches
 
         task = self.task
         seed = task.seed * 1_000_003 + epoch * 1_009 + self.rank if task.model.bootstrap else None
         if self.reader is not None:
-            tables = self.reader.batches(skip_batches=self.progress.step)
+            tables = self.reader.chunks(skip_batches=self.progress.step)
         else:
             tables = arrow_batches(task.shards[self.rank], task.train.batch_size)  # type: ignore[index]
-        batches = lockstep(to_batches(tables, self.builder, seed), self.template, self.control)
+        batches = lockstep(to_batches(tables, self.builder, task.train.batch_size, seed), self.template, self.control)
+        held: deque[int] = deque()  # held-out rows of each batch in the pipeline, which runs them in order
+        if task.held_out is not None:
+            batches = hold_out(batches, *task.held_out, held)
         totals = torch.zeros(2 + len(COMPONENTS), dtype=torch.float64)
         every = task.train.checkpoint_every if self.reader is not None else 0
         self.training.dmp.train()
@@ -301,7 +306,8 @@ class Worker:
             self.progress.step += 1
             self.progress.global_step += 1
             self.schedule.apply(self.progress.global_step)  # the learning rates of the next step
-            self.progress.rows += int(out.weights.numel()) if live.item() > 0 else 0  # padding carries weight 0
+            excluded = held.popleft() if task.held_out is not None else 0
+            self.progress.rows += int(out.weights.numel()) - excluded if live.item() > 0 else 0  # padding: weight 0
             self.report_progress(totals)
             if every and self.progress.step % every == 0:
                 self.save_checkpoint(
@@ -347,8 +353,10 @@ class Worker:
         if not self.valid_files:
             return {"valid_auc": math.nan, "valid_logloss": math.nan}
         reader = ShardReader(self.valid_files, self.log_columns, self.rank, self.world, self.task.train.batch_size)
-        tables = (with_zero_columns(t, self.task.soft_label_columns) for t in reader.batches())
-        batches = lockstep(to_batches(tables, self.builder), self.template, self.control)
+        chunks = (
+            replace(c, records=with_zero_columns(c.records, self.task.soft_label_columns)) for c in reader.chunks()
+        )
+        batches = lockstep(to_batches(chunks, self.builder, self.task.train.batch_size), self.template, self.control)
         labels, logits = [], []
         self.training.dmp.eval()
         with torch.no_grad():
