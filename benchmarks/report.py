@@ -8,7 +8,7 @@ import time
 from benchmarks.run import BENCHMARKS
 
 TARGETS = {
-    "a": (">=", 0.5),
+    "a": (">=", 0.8),
     "b": (">=", 2.0),
     "c": (">=", 0.8),
     "d": (">=", 1.6),
@@ -95,11 +95,11 @@ def _reading(details: dict[str, dict[str, object]], info: dict[str, object]) -> 
     if a:
         out.append(
             f"**(a) reader {a.get('ratio')}** ({_n(a.get('batch_rows_per_s'))} vs {_n(a.get('raw_rows_per_s'))} "
-            "rows/s). Both sides decode the same Parquet; building a Batch adds, per "
-            f"{a.get('batch_size')}-row batch, about a dozen small numpy/Arrow calls (a Table wrap, null "
-            "checks, a min/max range check per id column, the history flatten, the KJT's "
-            "`from_lengths_sync`, the float matrices with a finiteness check): no single dominant cost, "
-            "a fixed ~0.2 ms per batch that larger batches amortise."
+            "rows/s). Both sides decode the same Parquet chunks of the `ShardReader`; the Batch side converts "
+            "and checks each chunk once (id ranges proven by the row groups' footer statistics are not "
+            f"rescanned) and then cuts {a.get('batch_size')}-row batches from its arrays, so what is left per "
+            "batch is copying its ids and history into the KJT's values and building seven tensors: about "
+            "40-50 us a batch on top of the raw decode."
             + (
                 f" The reader is far from limiting training: it builds batches "
                 f"{a['batch_rows_per_s'] / d['one_worker_samples_per_s']:.0f}x faster than one worker trains "  # type: ignore[operator]
