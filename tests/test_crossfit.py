@@ -105,7 +105,6 @@ def test_training_and_scoring_assign_the_same_folds(tiny_dataset: tuple[Path, Ma
         assert not np.allclose(fd[mine], other.score(shuffled.take(pa.array(mine)))[0], rtol=1e-3)
 
 
-@pytest.mark.slow  # ~4 min on 2 cores (three 2-worker trainers): the default suite keeps the fold tests above
 def test_cross_fitted_run_scores_each_row_with_the_copy_that_held_it_out(
     ray_local: None, tiny_dataset: tuple[Path, Manifest], tmp_path: Path
 ) -> None:
