@@ -201,16 +201,15 @@ def _evaluate_peer(name: str, root: str, groups: np.ndarray, k: int, seed: int) 
             users, items, labels = read_ids(manifest, root, split)
             probs = predict(model, users, items)
             scored = {"users": users, "probs": probs}
-            if manifest.has_true_ctr:
-                columns = list(CAUSAL_TRUTHS.values())
-                truth = pa.concat_tables(pq.read_table(f, columns=columns) for f in manifest.files(root, split))
-                scored.update({c: truth.column(c).to_numpy() for c in columns})
+            truths = list(CAUSAL_TRUTHS.values()) if manifest.has_true_ctr else []
+            names = list(manifest.confounders)
             metrics = evaluate(users, labels, probs, groups=groups, k=k)
-            if manifest.confounders:
-                names = list(manifest.confounders)
-                codes = pa.concat_tables(pq.read_table(f, columns=names) for f in manifest.files(root, split))
-                confounders = np.stack([codes.column(c).to_numpy() for c in names], axis=1)
-                metrics["confounder_mi"] = score_confounder_mi(probs, joint_code(confounders, manifest))
+            if truths or names:  # one read of the split for both
+                table = pa.concat_tables(pq.read_table(f, columns=truths + names) for f in manifest.files(root, split))
+                scored.update({c: table.column(c).to_numpy() for c in truths})
+                if names:
+                    confounders = np.stack([table.column(c).to_numpy() for c in names], axis=1)
+                    metrics["confounder_mi"] = score_confounder_mi(probs, joint_code(confounders, manifest))
             out[split] = with_causal_error(metrics, scored, groups)
     return out, chosen
 
