@@ -4,6 +4,7 @@ from a shard's chunks, clear errors on bad values naming the file."""
 from __future__ import annotations
 
 import re
+from collections import deque
 from dataclasses import fields
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from distrec.data.batch import Batch, BatchBuilder, sparse_keys, table_index
 from distrec.data.reader import ShardReader
 from distrec.data.schema import HISTORY, LABEL, Manifest, SparseFeature
 from distrec.errors import DataError
+from distrec.train.feed import lockstep
 
 
 def manifest() -> Manifest:
@@ -220,6 +222,36 @@ def test_batches_from_shard_chunks_match_the_reference(
         assert len(got) == len(want) == reader.num_batches
         for g, w in zip(got, want, strict=True):
             assert_same_batch(g, w)
+
+
+@pytest.mark.parametrize(("world", "batch_size"), [(1, 64), (3, 7), (2, 16), (4, 50)])
+def test_every_rank_runs_the_footers_step_count_without_a_collective(
+    tmp_path: Path, world: int, batch_size: int
+) -> None:
+    """The file reader's ranks agree on their steps from the footers alone (no process group here at all):
+    each yields its own batches in order, then padding up to the largest share's count, with the rows of
+    each step counted on the host (0 for padding)."""
+    rng = np.random.default_rng(1)
+    files = []
+    for i, rows in enumerate([70, 45, 102]):
+        files.append(tmp_path / f"part-{i}.parquet")
+        pq.write_table(random_log(rng, rows), files[-1], row_group_size=30)
+    manifest = wide_manifest()
+    builder = BatchBuilder(manifest, SOFT)
+    readers = [ShardReader(files, builder.columns, rank, world, batch_size) for rank in range(world)]
+    assert {r.steps for r in readers} == {max(r.num_batches for r in readers)}
+    for reader in readers:
+        local = list(builder.batches(reader.chunks(), batch_size))
+        template = local[0]
+        sizes: deque[int] = deque()
+        ran = list(lockstep(iter(local), template, None, reader.steps, sizes))
+        assert len(ran) == reader.steps
+        assert list(sizes) == [b.size for b in local] + [0] * (reader.steps - len(local))
+        assert all(a is b for a, b in zip(ran, local, strict=False))
+        assert all(not b.weights.any() for b in ran[len(local) :])
+        assert sum(sizes) == reader.rows
+    with pytest.raises(RuntimeError, match="more than the 1 batches"):
+        list(lockstep(iter(local + local), template, None, 1))
 
 
 @pytest.mark.parametrize("statistics", [True, False])

@@ -93,6 +93,7 @@ class ShardReader:
         self.groups = row_groups(files)
         total = self.groups[-1].start + self.groups[-1].rows if self.groups else 0
         self.begin, self.end = shard_bounds(total, rank, world)
+        self.total, self.world = total, world
         self.columns = list(columns)
         self.batch_size = batch_size
 
@@ -103,6 +104,13 @@ class ShardReader:
     @property
     def num_batches(self) -> int:
         return -(-self.rows // self.batch_size)
+
+    @property
+    def steps(self) -> int:
+        """The batches of the largest rank's share: the steps every rank runs (the others pad), known to
+        every rank from the footers alone."""
+        shares = (shard_bounds(self.total, r, self.world) for r in range(self.world))
+        return max(-(-(end - begin) // self.batch_size) for begin, end in shares)
 
     def chunks(self, skip_batches: int = 0) -> Iterator[Chunk]:
         """This shard's rows after its first ``skip_batches`` batches (resume), ``CHUNK_ROWS`` at most

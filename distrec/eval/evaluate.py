@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -17,6 +19,7 @@ from distrec.errors import DataError
 from distrec.eval.groups import GROUP_NAMES, group_counts_from_parquet, groups_from_counts
 from distrec.eval.metrics import evaluate, paired_auc_interval, score_confounder_mi
 from distrec.eval.report import COMPARED, HEADLINE
+from distrec.slots import cpu_slots, gather_bounded
 from distrec.train.export import load_export
 
 EVAL_SPLITS = ("test_id", "test_ood", "test_do")
@@ -229,24 +232,35 @@ def evaluate_exports(
     seed: int = 0,
     bootstrap: int = 0,
 ) -> Evaluation:
-    """Evaluate every model, and train and evaluate every peer, in parallel Ray tasks (on a cluster
-    they run where the data is). With ``bootstrap`` resamples, also the intervals of the headline's
-    pair (``distrec.eval.report.COMPARED``) where both were exported."""
+    """Evaluate every model, and train and evaluate every peer, in Ray tasks, as many at a time as there
+    are real cores (``distrec.slots``; on a cluster they run where the data is). With ``bootstrap``
+    resamples, also the intervals of the headline's pair (``distrec.eval.report.COMPARED``) where both
+    were exported."""
     manifest = Manifest.read(root)
     groups_ref = ray.put(activity_groups_of(manifest, root))
-    refs = {
-        name: _evaluate_export.remote(str(directory), str(root), groups_ref, k, batch_size)
-        for name, directory in exports.items()
-    }
-    peer_refs = {name: _evaluate_peer.remote(name, str(root), groups_ref, k, seed) for name in peers}
+    calls: dict[str, Callable[[], ray.ObjectRef]] = {}
+    # the longest first: the peers tune on valid, the intervals score two models 'resamples' times
+    for name in peers:
+        calls[f"peer:{name}"] = partial(_evaluate_peer.remote, name, str(root), groups_ref, k, seed)
     model, reference = COMPARED
-    interval_refs = {}
+    pair = f"{model}_vs_{reference}"
     if bootstrap and model in exports and reference in exports:
-        interval_refs[f"{model}_vs_{reference}"] = _headline_intervals.remote(
-            str(exports[model]), str(exports[reference]), str(root), groups_ref, batch_size, bootstrap, seed
+        calls[f"interval:{pair}"] = partial(
+            _headline_intervals.remote,
+            str(exports[model]),
+            str(exports[reference]),
+            str(root),
+            groups_ref,
+            batch_size,
+            bootstrap,
+            seed,
         )
-    metrics = {name: ray.get(ref) for name, ref in refs.items()}
+    for name, directory in exports.items():
+        calls[f"model:{name}"] = partial(_evaluate_export.remote, str(directory), str(root), groups_ref, k, batch_size)
+    results = gather_bounded(calls, cpu_slots())
+    metrics = {name: results[f"model:{name}"] for name in exports}
     chosen = {}
-    for name, ref in peer_refs.items():
-        metrics[name], chosen[name] = ray.get(ref)
-    return Evaluation(metrics, chosen, {pair: ray.get(ref) for pair, ref in interval_refs.items()})
+    for name in peers:
+        metrics[name], chosen[name] = results[f"peer:{name}"]
+    intervals = {pair: results[f"interval:{pair}"]} if f"interval:{pair}" in results else {}
+    return Evaluation(metrics, chosen, intervals)

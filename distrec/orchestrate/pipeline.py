@@ -84,6 +84,7 @@ def ray_session(settings: RayConfig, log_dir: Path | None = None) -> Iterator[No
     With ``log_dir`` the workers' output stays off the driver's console (``log_to_driver=False``) and an
     embedded session's logs are copied into ``log_dir/ray`` before it shuts down.
     """
+    configure_ray_data(settings)
     if ray.is_initialized():
         yield
         return
@@ -95,17 +96,25 @@ def ray_session(settings: RayConfig, log_dir: Path | None = None) -> Iterator[No
             include_dashboard=False,
             log_to_driver=log_dir is None,
             runtime_env={
-                "env_vars": {"OMP_NUM_THREADS": "1"},
+                # gloo's collectives on the loopback interface: every worker is on this machine
+                "env_vars": {"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"},
                 "worker_process_setup_hook": "distrec.console.quiet_ray_worker",
             },
         )
-    ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         yield
     finally:
         if log_dir is not None and not settings.address:
             copy_ray_logs(log_dir)
         ray.shutdown()
+
+
+def configure_ray_data(settings: RayConfig) -> None:
+    """This process's Ray Data settings: no progress bars (the console shows progress), and the Parquet
+    datasource ``ray.data_datasource`` (Ray Data decides it where ``read_parquet`` is called)."""
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.use_datasource_v2 = settings.data_datasource == "v2"
 
 
 def new_run_id() -> str:

@@ -16,7 +16,6 @@ copies and scores each row with the copy that did not train on it (``CrossFitted
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from distrec.causal.frontdoor import conditional_prob, front_door_prob, sample_b
 from distrec.data.batch import BatchBuilder
 from distrec.data.schema import Manifest
 from distrec.io import atomic_write_bytes
+from distrec.slots import cpu_slots
 from distrec.train.feed import row_folds
 
 # A scoring actor that dies (its node lost, OOM, a crash) is restarted with its teacher loaded again,
@@ -134,18 +134,6 @@ def write_history_bank(manifest: Manifest, root: str, size: int, seed: int, out:
     return out
 
 
-def read_concurrency() -> int:
-    """Parquet read tasks at a time: the cluster's CPUs, but at most this machine's real cores per node.
-
-    The embedded Ray is told more CPUs than the machine has (``ray.num_cpus``), and Ray Data would
-    otherwise start a read task, with its own Arrow thread pools, per logical CPU whenever there are
-    more files than that. Nodes are assumed no larger than the driver's.
-    """
-    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    return max(1, min(cpus, len(os.sched_getaffinity(0)) * max(nodes, 1)))
-
-
 def soft_label_stream(
     train_files: list[str],
     columns: list[str],
@@ -164,7 +152,7 @@ def soft_label_stream(
     ``mediator_samples`` draws of each teacher's stochastic mediator are averaged per row; each
     teacher gets ``scorers`` actors of ``scorer_cpus`` CPUs (and as many torch threads, at least one).
     """
-    ds = ray.data.read_parquet(train_files, columns=columns, concurrency=read_concurrency())
+    ds = ray.data.read_parquet(train_files, columns=columns, concurrency=cpu_slots())
     for exports in teachers.values():
         copies = [exports] if isinstance(exports, str) else list(exports)
         scorer: type[TeacherScorer | CrossFittedScorer] = TeacherScorer if len(copies) == 1 else CrossFittedScorer

@@ -1,25 +1,27 @@
 """Ray Train: one ``TorchTrainer`` per model, several of them running side by side.
 
 Each model gets its own worker group, process group and sharding plan (heterogeneous DMPs do
-not share a process group). Trainers are started from Ray tasks, so K teachers and the ``base``
-model train concurrently; the driver only waits.
+not share a process group). The driver starts the trainers from threads, so K teachers and the
+``base`` model train concurrently while it only waits.
 
-On a cluster, each model's workers are placed by ``train.placement_strategy``, and those tasks are
-pinned to the driver's node: Ray Train attaches each run's controller to the node that calls
-``fit()``, so a lost worker node costs only the workers on it (restarted from the last checkpoint,
-``train.max_failures``), never a controller.
+On a cluster, each model's workers are placed by ``train.placement_strategy``. Ray Train attaches
+each run's controller to the node that calls ``fit()``, here the driver's, so a lost worker node
+costs only the workers on it (restarted from the last checkpoint, ``train.max_failures``), never a
+controller.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import ray
 from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from ray.train.v2._internal.constants import HEALTH_CHECK_INTERVAL_S_ENV_VAR
 
 from distrec.train.loop import WorkerTask
 
@@ -45,6 +47,9 @@ def fit(task: WorkerTask, storage_path: str, dataset: ray.data.Dataset | None = 
     keeps ranks in lockstep with padding batches instead (``distrec.train.feed``).
     """
     train = task.train
+    # read by Ray Train as the trainer starts and passed on to its controller (each epoch's report waits for
+    # the controller's next poll); fit() runs in a task of its own, or in the driver for the streamed student
+    os.environ[HEALTH_CHECK_INTERVAL_S_ENV_VAR] = str(train.controller_poll_s)
     if dataset is not None:
         task.shards = dataset.streaming_split(train.num_workers, equal=False)
     use_gpu = train.device == "cuda"
@@ -77,16 +82,15 @@ def fit(task: WorkerTask, storage_path: str, dataset: ray.data.Dataset | None = 
     return TrainedModel(task.model.name, checkpoint, dict(result.metrics or {}))
 
 
-@ray.remote(num_cpus=0)
-def _fit_remote(task: WorkerTask, storage_path: str, dataset: ray.data.Dataset | None) -> TrainedModel:
-    return fit(task, storage_path, dataset)
-
-
 def fit_concurrently(
     tasks: Sequence[tuple[WorkerTask, ray.data.Dataset | None]], storage_path: str
 ) -> dict[str, TrainedModel]:
-    """Train every (task, dataset) pair at the same time; returns the trained models by name."""
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    remote = _fit_remote.options(scheduling_strategy=here)
-    refs = {task.model.name: remote.remote(task, storage_path, ds) for task, ds in tasks}
-    return {name: ray.get(ref) for name, ref in refs.items()}
+    """Train every (task, dataset) pair at the same time; returns the trained models by name.
+
+    Each ``fit()`` runs in a thread of this process: it only waits on its controller actor, and a Ray
+    task per trainer would cost a process importing torch, torchrec and Ray Train (about 4 CPU-seconds
+    each, which a 2-core machine pays in wall time before any model trains).
+    """
+    with ThreadPoolExecutor(max_workers=max(1, len(tasks)), thread_name_prefix="fit") as pool:
+        futures = {task.model.name: pool.submit(fit, task, storage_path, ds) for task, ds in tasks}
+        return {name: future.result() for name, future in futures.items()}

@@ -45,10 +45,31 @@ def to_batches(
         yield batch
 
 
-def lockstep(batches: Iterable[Batch], template: Batch, group: dist.ProcessGroup | None) -> Iterator[Batch]:
-    """Yield local batches, then padding, until no rank has a batch left (one tiny all-reduce a step)."""
+def lockstep(
+    batches: Iterable[Batch],
+    template: Batch,
+    group: dist.ProcessGroup | None,
+    steps: int | None = None,
+    sizes: deque[int] | None = None,
+) -> Iterator[Batch]:
+    """Yield local batches, then padding, until no rank has a batch left.
+
+    ``steps``, where every rank knows it (``ShardReader.steps``, from the Parquet footers), is the number
+    of steps all ranks run, and no collective is needed. Otherwise (a streamed shard, whose length no rank
+    knows in advance) one tiny all-reduce a step finds the end. ``sizes`` gets the rows of each batch
+    yielded, in order (0 for padding): counted on the host, so a step never waits on the device for it.
+    """
     it = iter(batches)
     padding = template.as_padding()
+    if steps is not None:
+        for _ in range(steps):
+            batch = next(it, None)
+            if sizes is not None:
+                sizes.append(0 if batch is None else batch.size)
+            yield batch if batch is not None else padding
+        if next(it, None) is not None:
+            raise RuntimeError(f"this rank has more than the {steps} batches every rank was to run")
+        return
     flag = torch.zeros(1)
     while True:
         batch = next(it, None)
@@ -56,6 +77,8 @@ def lockstep(batches: Iterable[Batch], template: Batch, group: dist.ProcessGroup
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
         if flag.item() == 0.0:
             return
+        if sizes is not None:
+            sizes.append(0 if batch is None else batch.size)
         yield batch if batch is not None else padding
 
 
@@ -79,7 +102,8 @@ def row_folds(batch: Batch, folds: int) -> np.ndarray:
 
 def hold_out(batches: Iterable[Batch], fold: int, folds: int, held: deque[int]) -> Iterator[Batch]:
     """Cross-fitting: rows of ``fold`` get weight 0 (read, never trained); the number of such rows of each
-    batch is appended to ``held`` in batch order, for the count of rows trained."""
+    batch is appended to ``held`` in batch order, for the count of rows trained (before ``lockstep``:
+    padding holds nothing out)."""
     for batch in batches:
         out = torch.from_numpy(row_folds(batch, folds) == fold)
         batch.weights = batch.weights.masked_fill(out, 0.0)

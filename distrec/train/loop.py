@@ -186,7 +186,7 @@ class Worker:
         torch.set_num_threads(1)
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
-        device = device_for(train.device, context.get_local_rank())
+        self.device = device = device_for(train.device, context.get_local_rank())
         torch.manual_seed(task.seed)
         self.manifest = Manifest.read(task.dataset).with_table_rows(dict(task.model.table_rows))
         with self.timed("build"):
@@ -286,15 +286,20 @@ class Worker:
 
         task = self.task
         seed = task.seed * 1_000_003 + epoch * 1_009 + self.rank if task.model.bootstrap else None
+        steps = None  # a streamed shard: its length is found out with lockstep's all-reduce
         if self.reader is not None:
             tables = self.reader.chunks(skip_batches=self.progress.step)
+            steps = max(0, self.reader.steps - self.progress.step)
         else:
             tables = arrow_batches(task.shards[self.rank], task.train.batch_size)  # type: ignore[index]
-        batches = lockstep(to_batches(tables, self.builder, task.train.batch_size, seed), self.template, self.control)
-        held: deque[int] = deque()  # held-out rows of each batch in the pipeline, which runs them in order
+        batches = to_batches(tables, self.builder, task.train.batch_size, seed)
+        held: deque[int] = deque()  # held-out rows of each local batch, in order (the pipeline keeps it)
         if task.held_out is not None:
             batches = hold_out(batches, *task.held_out, held)
-        totals = torch.zeros(2 + len(COMPONENTS), dtype=torch.float64)
+        sizes: deque[int] = deque()  # rows of each batch in the pipeline, 0 for padding
+        batches = lockstep(batches, self.template, self.control, steps, sizes)
+        # summed on the training device and read on the host only for progress reports and at the end
+        totals = torch.zeros(2 + len(COMPONENTS), dtype=torch.float64, device=self.device)
         every = task.train.checkpoint_every if self.reader is not None else 0
         self.training.dmp.train()
         self.schedule.apply(self.progress.global_step)
@@ -306,8 +311,9 @@ class Worker:
             self.progress.step += 1
             self.progress.global_step += 1
             self.schedule.apply(self.progress.global_step)  # the learning rates of the next step
-            excluded = held.popleft() if task.held_out is not None else 0
-            self.progress.rows += int(out.weights.numel()) - excluded if live.item() > 0 else 0  # padding: weight 0
+            size = sizes.popleft()  # padding: no rows, and nothing held out (hold_out never saw it)
+            if size:
+                self.progress.rows += size - (held.popleft() if task.held_out is not None else 0)
             self.report_progress(totals)
             if every and self.progress.step % every == 0:
                 self.save_checkpoint(
@@ -356,7 +362,9 @@ class Worker:
         chunks = (
             replace(c, records=with_zero_columns(c.records, self.task.soft_label_columns)) for c in reader.chunks()
         )
-        batches = lockstep(to_batches(chunks, self.builder, self.task.train.batch_size), self.template, self.control)
+        batches = lockstep(
+            to_batches(chunks, self.builder, self.task.train.batch_size), self.template, self.control, reader.steps
+        )
         labels, logits = [], []
         self.training.dmp.eval()
         with torch.no_grad():
@@ -407,7 +415,7 @@ class Worker:
 
     def _losses(self, totals: torch.Tensor) -> dict[str, float]:
         """Weighted mean loss and components over every rank's rows since ``totals`` started."""
-        summed = totals.clone()
+        summed = totals.to("cpu", copy=True)  # the side group is gloo; the epoch goes on summing into totals
         dist.all_reduce(summed, group=self.control)
         weight = max(summed[1].item(), 1e-12)
         return {
