@@ -144,7 +144,7 @@ def _absolute(details: dict[str, dict[str, object]]) -> dict[str, object]:
             "first_batch_seconds",
             "steady_rows_per_s",
         ),
-        "d": ("two_workers_samples_per_s", "one_worker_samples_per_s"),
+        "d": ("two_workers_samples_per_s", "one_worker_samples_per_s", "demo_ratio"),
         "e": ("ratio_rss_sum", "ratio_max_single_process", "ratio_anon_sum", "ratio_same_file_size"),
         "f": ("warm_seconds", "cold_seconds", "warm_auc", "cold_epochs", "reached"),
         "g": ("outside_loops_share", "training_loop_seconds", "stages"),

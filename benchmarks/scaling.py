@@ -1,9 +1,12 @@
 """(d) Teacher training samples/s with 2 Ray Train workers against 1 worker.
 
-Both sides are the same ``distrec.orchestrate.trainers.fit`` call (one epoch of the first teacher of
-``jobs/local.yaml`` on the same synthetic training logs, each rank reading its own share of the files
-with ``ShardReader``, fit's default without a dataset), differing only in ``train.num_workers``; runs
-alternate 1, 2, 2, 1, ... Throughput is the trainer's own ``rows`` /
+Both sides are the same ``distrec.orchestrate.trainers.fit`` call (one epoch of a teacher on the same
+synthetic training logs, each rank reading its own share of the files with ``ShardReader``, fit's
+default without a dataset), differing only in ``train.num_workers``; runs alternate 1, 2, 2, 1, ...
+Two models: the headline is a compute-bound one (``COMPUTE_BOUND``: the first teacher of
+``jobs/local.yaml`` with wider tables and MLP, where a step's arithmetic outweighs its collectives),
+and the demo teacher itself is reported beside it (``demo_*``), whose tiny tables and layers leave
+each step mostly collectives. Throughput is the trainer's own ``rows`` /
 ``seconds`` metrics (``distrec.train.loop``: from the first batch request after the model is sharded
 to the end of the epoch), so Ray start-up, worker-group start-up and sharding are not counted.
 The load average is recorded around the runs: on a shared machine it says how many cores were free.
@@ -17,6 +20,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from benchmarks.common import REPO, interleave, load_average, loaded, median, ratio, spread, synthetic
+
+# the first teacher's architecture with 64-dim tables and a 512-256 MLP: about 40x the demo teacher's
+# arithmetic per row, for the same embedding lookups and a comparable number of collectives per step
+COMPUTE_BOUND = {"dim": 64, "hidden": [512, 256]}
 
 
 def fit_throughput(task: object, out: Path, dataset: object = None) -> float:
@@ -33,7 +40,7 @@ def fit_throughput(task: object, out: Path, dataset: object = None) -> float:
 
 
 def run(out: Path, quick: bool) -> dict[str, object]:
-    from distrec.config import load_config
+    from distrec.config import ModelConfig, load_config
     from distrec.data.schema import Manifest
     from distrec.train.loop import WorkerTask
 
@@ -44,23 +51,30 @@ def run(out: Path, quick: bool) -> dict[str, object]:
     manifest = Manifest.read(root)
     teacher = config.teachers[0]
 
-    def side(workers: int) -> float:
+    def side(workers: int, model: ModelConfig) -> float:
         task = WorkerTask(
-            model=teacher,
+            model=model,
             train=replace(config.train, num_workers=workers, epochs=1),
             dataset=str(root.resolve()),
         )
         return fit_throughput(task, out)
 
+    wide = replace(teacher, **COMPUTE_BOUND)
     load_before = load_average()
-    results = interleave({"one": lambda: side(1), "two": lambda: side(2)}, repeats)
+    results = interleave({"one": lambda: side(1, wide), "two": lambda: side(2, wide)}, repeats)
+    demo = interleave({"one": lambda: side(1, teacher), "two": lambda: side(2, teacher)}, repeats)
     return {
         "ratio": ratio(results["two"], results["one"]),
         "ratio_spread": spread(results["two"], results["one"]),
         "loaded": loaded(load_before),
         "two_workers_samples_per_s": round(median(results["two"])),
         "one_worker_samples_per_s": round(median(results["one"])),
-        "model": f"{teacher.arch} dim {teacher.dim} hidden {teacher.hidden}",
+        "model": f"{wide.arch} dim {wide.dim} hidden {wide.hidden}",
+        "demo_ratio": ratio(demo["two"], demo["one"]),
+        "demo_ratio_spread": spread(demo["two"], demo["one"]),
+        "demo_two_workers_samples_per_s": round(median(demo["two"])),
+        "demo_one_worker_samples_per_s": round(median(demo["one"])),
+        "demo_model": f"{teacher.arch} dim {teacher.dim} hidden {teacher.hidden}",
         "rows": manifest.rows["train"],
         "dataset_rows": rows,
         "batch_size": config.train.batch_size,
@@ -68,4 +82,5 @@ def run(out: Path, quick: bool) -> dict[str, object]:
         "load_average_before": load_before,
         "load_average_after": load_average(),
         "samples": {k: [round(v) for v in vs] for k, vs in results.items()},
+        "demo_samples": {k: [round(v) for v in vs] for k, vs in demo.items()},
     }

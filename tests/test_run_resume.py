@@ -91,3 +91,30 @@ def test_tune_rejects_a_malformed_space(tmp_path: Path) -> None:
     assert (
         main(["tune", "jobs/local.yaml", f"runs_dir={tmp_path}", "tune.target=nobody", "tune.space={seed: [1]}"]) == 3
     )
+
+
+@pytest.mark.slow  # teachers, then two trials that each score their own soft labels (about 2 minutes)
+def test_a_student_tune_over_the_bank_scores_each_trials_soft_labels(
+    ray_local: None, tiny_dataset: tuple[Path, Manifest], tmp_path: Path
+) -> None:
+    """The bank size changes the soft labels themselves, so each trial scores its own from the teachers
+    trained once: a shared scoring would give every trial the first bank's labels."""
+    import pyarrow.parquet as pq
+
+    root, manifest = tiny_dataset
+    space = "tune.space={distill.bank_size: [2, 8]}"
+    args = ["tune", "jobs/local.yaml", f"data.path={root}", f"runs_dir={tmp_path}", "run_id=t", *TINY, space]
+    args += ["tune.target=student"]
+    assert main(args) == 0
+    run = tmp_path / "t"
+    assert not (run / "soft_labels").exists()  # nothing scored before the trials
+    banks = {}
+    for trial in (run / "trials").iterdir():
+        banks[pq.read_metadata(trial / "history_bank.parquet").num_rows] = pq.read_table(trial / "soft_labels")
+    assert sorted(banks) == [2, 8]
+    small, large = banks[2], banks[8]
+    assert small.num_rows == large.num_rows == manifest.rows["train"]
+    fd = [c for c in small.column_names if c.startswith("fd__")]
+    assert fd and not any(small[c].equals(large[c]) for c in fd)  # the front-door labels follow the bank
+    trials = json.loads((run / "tune.json").read_text())["trials"]
+    assert sorted(t["params"]["distill.bank_size"] for t in trials) == [2, 8]

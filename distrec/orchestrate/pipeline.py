@@ -132,6 +132,7 @@ class RunContext:
     console: Console | None = None
     progress: Any = None  # the console's ProgressBoard actor, passed to every model's workers
     timeline: list[tuple[str, float]] = field(default_factory=list)  # (stage, perf_counter at its start)
+    models: Path | None = None  # where the trained models are, if not in run_dir/models (a tune trial's)
 
     def stage(self, name: str, models: list[str] | None = None) -> None:
         self.timeline.append((name, time.perf_counter()))
@@ -149,7 +150,7 @@ class RunContext:
         return str((self.run_dir / "checkpoints").resolve())
 
     def model_dir(self, name: str) -> Path:
-        return self.run_dir / "models" / name
+        return (self.models or self.run_dir / "models") / name
 
     def done(self, name: str) -> bool:
         return (self.model_dir(name) / TRAINING).is_file()

@@ -3,8 +3,9 @@
 A trial trains one model (``tune.target``: ``base``, a teacher's name, or ``student``) with the trial's
 settings applied as dotted overrides of the run's configuration, and reports the best ``valid`` AUC of
 its epochs (the loop's own early stopping and best-epoch selection). Test splits are never read.
-For the student, the teachers are trained and the soft labels scored once, before the trials, in the
-tuning directory; every trial then reads the same Parquet soft labels in the same order.
+For the student, the teachers are trained once, before the trials, in the tuning directory, and so
+are the soft labels, which every trial then reads in the same order; a search over what the soft labels
+depend on (``SCORING_KEYS``: the bank size, the mediator samples) scores them in each trial instead.
 
 The search space maps dotted keys to a list (a grid, every value tried) or to one distribution:
 ``{loguniform: [lo, hi]}``, ``{uniform: [lo, hi]}``, ``{choice: [a, b, ...]}`` (``tune.num_samples``
@@ -32,6 +33,7 @@ from distrec.errors import ConfigError
 from distrec.io import atomic_write_json, atomic_write_text
 from distrec.orchestrate.pipeline import (
     RunContext,
+    configure_ray_data,
     open_run,
     ray_session,
     score_soft_labels,
@@ -43,6 +45,7 @@ from distrec.train.loop import WorkerTask
 
 log = logging.getLogger("distrec")
 DISTRIBUTIONS = ("loguniform", "uniform", "choice")
+SCORING_KEYS = ("distill.bank_size", "distill.mediator_samples")  # settings of the soft labels themselves
 
 
 def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
@@ -104,16 +107,23 @@ def tune(config: Config) -> Path:
     check_target(config)
     started = time.perf_counter()
     ctx = open_run(config)
+    rescore = config.tune.target == "student" and any(key in SCORING_KEYS for key in space)
     with ray_session(config.ray):
         soft_labels = None
         if config.tune.target == "student":
             train_teachers(ctx)
-            soft_labels = score_soft_labels(ctx)
+            soft_labels = None if rescore else score_soft_labels(ctx)
 
         def trial(params: dict[str, Any]) -> None:
             trial_config = with_overrides(config, params)
-            storage = str((ctx.run_dir / "trials" / ray_tune.get_context().get_trial_id()).resolve())
-            trained = fit(_trial_task(trial_config, ctx, soft_labels), storage)
+            trial_dir = ctx.run_dir / "trials" / ray_tune.get_context().get_trial_id()
+            labels = soft_labels
+            if rescore:  # this trial's soft labels, from the teachers trained above, into its own directory
+                configure_ray_data(trial_config.ray)
+                trial_dir.mkdir(parents=True, exist_ok=True)
+                trial_ctx = replace(ctx, config=trial_config, run_dir=trial_dir, models=ctx.run_dir / "models")
+                labels = score_soft_labels(trial_ctx)
+            trained = fit(_trial_task(trial_config, ctx, labels), str(trial_dir.resolve()))
             curve = trained.metrics.get("curve") or []
             best = max(curve, key=lambda p: p["valid_auc"]) if curve else {"valid_auc": float("nan"), "epoch": -1}
             ray_tune.report({"valid_auc": best["valid_auc"], "best_epoch": best["epoch"]})
