@@ -143,6 +143,7 @@ def _absolute(details: dict[str, dict[str, object]]) -> dict[str, object]:
             "scoring_generic_rows_per_s",
             "first_batch_seconds",
             "steady_rows_per_s",
+            "grouped_ratio",
         ),
         "d": ("two_workers_samples_per_s", "one_worker_samples_per_s", "demo_ratio"),
         "e": ("ratio_rss_sum", "ratio_max_single_process", "ratio_anon_sum", "ratio_same_file_size"),

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from distrec.causal.frontdoor import front_door_prob
+from distrec.causal.frontdoor import front_door_prob, sampled_front_door_prob, split_bank
 from distrec.config import ModelConfig, load_config
 from distrec.data.batch import BatchBuilder
 from distrec.data.schema import Manifest
@@ -75,10 +75,37 @@ def test_teacher_scorer_fast_path_equals_the_generic_path(
 
     scorer = TeacherScorer(str(tmp_path / "teacher"), str(bank))
     fast = scorer(rows).column(front_door_column(arch)).to_numpy()
-    scorer.bank_head = None  # the generic broadcast path
+    scorer.bank = [(direct, None) for direct, _ in scorer.bank]  # the generic broadcast path
     generic = scorer(rows).column(front_door_column(arch)).to_numpy()
     np.testing.assert_allclose(fast, generic, rtol=1e-5, atol=1e-6)
     assert np.isfinite(fast).all() and fast.std() > 0
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_bank_groups_are_an_unbiased_cheaper_front_door(arch: str, dataset: tuple[Path, Manifest]) -> None:
+    """Known answer: a row scored against each of the G equal groups in turn averages to the whole bank's
+    estimate exactly; drawn at random per chunk, the mean over draws converges to it; G = 1 is the bank."""
+    model = randomised(arch, dataset[1], seed=6)
+    gen = torch.Generator().manual_seed(8)
+    bank, mediator, item = (torch.randn(n, DIM, generator=gen) for n in (12, 40, 40))
+    with torch.no_grad():
+        whole = front_door_prob(model.head, bank, mediator, item, bank_head=model.bank_head(bank))
+        groups = split_bank(bank, 4, seed=3, split=model.bank_head)
+        assert [len(direct) for direct, _ in groups] == [3] * 4
+        assert sorted(torch.cat([direct for direct, _ in groups]).sum(1).tolist()) == sorted(bank.sum(1).tolist())
+        each = [front_door_prob(model.head, direct, mediator, item, bank_head=head) for direct, head in groups]
+        torch.testing.assert_close(torch.stack(each).mean(0), whole, rtol=1e-5, atol=1e-6)
+        assert max(float((e - whole).abs().max()) for e in each) > 1e-3  # one group alone is not the bank
+        draws = torch.Generator().manual_seed(0)
+        sampled = torch.stack(
+            [sampled_front_door_prob(model.head, groups, mediator, item, draws, chunk_rows=8) for _ in range(800)]
+        )
+        spread = torch.stack(each).std(0) / 800**0.5  # the standard error of the mean of 800 draws
+        assert bool(((sampled.mean(0) - whole).abs() <= 5 * spread + 1e-6).all())
+        one = split_bank(bank, 1, seed=3, split=model.bank_head)
+        torch.testing.assert_close(sampled_front_door_prob(model.head, one, mediator, item, draws), whole)
+    with pytest.raises(ValueError, match="into 5 equal groups"):
+        split_bank(bank, 5, seed=0, split=model.bank_head)
 
 
 def test_scorer_pool_keys_are_validated_together() -> None:

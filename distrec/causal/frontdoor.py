@@ -69,6 +69,45 @@ def front_door_prob(
     return torch.cat(chunks)
 
 
+BankGroup = tuple[Tensor, BankHead | None]
+"""One group of the bank: its direct parts [N/G, d] and the head split against them (None: no split)."""
+
+
+def split_bank(
+    bank_direct: Tensor, groups: int, seed: int, split: Callable[[Tensor], BankHead | None]
+) -> list[BankGroup]:
+    """The bank as ``groups`` equal groups drawn at random (``groups`` divides N), each with its split head
+    (``split``: a model's ``bank_head``); one group is the whole bank, in its order."""
+    if groups < 1 or bank_direct.shape[0] % groups:
+        raise ValueError(f"cannot split a bank of {bank_direct.shape[0]} into {groups} equal groups")
+    if groups == 1:
+        return [(bank_direct, split(bank_direct))]
+    order = torch.randperm(bank_direct.shape[0], generator=torch.Generator().manual_seed(seed))
+    return [(bank_direct[idx], split(bank_direct[idx])) for idx in order.chunk(groups)]
+
+
+def sampled_front_door_prob(
+    head: Head,
+    groups: list[BankGroup],
+    mediator: Tensor,
+    item: Tensor,
+    generator: torch.Generator,
+    chunk_rows: int = 256,
+) -> Tensor:
+    """``front_door_prob`` with each ``chunk_rows`` rows scored against one group drawn uniformly: N/G
+    pairs a row instead of N. Unbiased for the whole bank's estimate, since the mean over equal groups of
+    their means is the bank's mean; one group is exactly ``front_door_prob`` (and draws nothing)."""
+    if len(groups) == 1:
+        direct, split = groups[0]
+        return front_door_prob(head, direct, mediator, item, chunk_rows, split)
+    chunks = []
+    for start in range(0, mediator.shape[0], chunk_rows):
+        direct, split = groups[int(torch.randint(len(groups), (1,), generator=generator))]
+        rows = slice(start, start + chunk_rows)
+        chunks.append(front_door_prob(head, direct, mediator[rows], item[rows], chunk_rows, split))
+    return torch.cat(chunks) if chunks else mediator.new_zeros(0)
+
+
 def conditional_prob(head: Head, direct: Tensor, mediator: Tensor, item: Tensor) -> Tensor:
     """sigmoid(head(e(x), m(x), v)): the teacher's own P(Y | x, i), with no x' marginalisation."""
     return torch.sigmoid(head(direct, mediator, item))

@@ -362,6 +362,7 @@ def soft_labels(ctx: RunContext) -> ray.data.Dataset:
         config.seed,
         scorers=distill.scorers_per_teacher,
         scorer_cpus=distill.scorer_cpus,
+        bank_groups=distill.bank_groups,
     )
 
 

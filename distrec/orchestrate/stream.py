@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
-from distrec.causal.frontdoor import conditional_prob, front_door_prob, sample_bank_indices
+from distrec.causal.frontdoor import conditional_prob, sample_bank_indices, sampled_front_door_prob, split_bank
 from distrec.data.batch import BatchBuilder
 from distrec.data.schema import Manifest
 from distrec.io import atomic_write_bytes
@@ -52,7 +52,13 @@ class TeacherScorer:
     """Ray Data stage: adds one teacher's soft-label columns to each batch."""
 
     def __init__(
-        self, export_dir: str, bank_path: str, mediator_samples: int = 1, seed: int = 0, threads: int = 1
+        self,
+        export_dir: str,
+        bank_path: str,
+        mediator_samples: int = 1,
+        seed: int = 0,
+        threads: int = 1,
+        bank_groups: int = 1,
     ) -> None:
         from distrec.train.export import load_export
 
@@ -61,11 +67,12 @@ class TeacherScorer:
         self.name = spec["name"]
         self.builder = BatchBuilder(manifest)
         self.mediator_samples = mediator_samples
-        self.generator = torch.Generator().manual_seed(seed)  # the mediator draws, in batch order
+        self.generator = torch.Generator().manual_seed(seed)  # the mediator (and bank group) draws, in order
         bank = pq.read_table(bank_path, columns=self.builder.columns)
         with torch.no_grad():
-            self.bank_direct = self.model.encode(self.builder(bank)).direct
-            self.bank_head = self.model.bank_head(self.bank_direct)  # the bank's share, once
+            # the bank's share of the head, once (per group of the bank with distill.bank_groups)
+            direct = self.model.encode(self.builder(bank)).direct
+            self.bank = split_bank(direct, bank_groups, seed, self.model.bank_head)
 
     def __call__(self, table: pa.Table) -> pa.Table:
         return with_soft_labels(table, self.name, *self.score(table))
@@ -80,7 +87,7 @@ class TeacherScorer:
             if self.mediator_samples > 1:
                 draws = [self.model.sample_mediator(mediator, self.generator) for _ in range(self.mediator_samples)]
             fd = torch.stack(
-                [front_door_prob(self.model.head, self.bank_direct, m, item, bank_head=self.bank_head) for m in draws]
+                [sampled_front_door_prob(self.model.head, self.bank, m, item, self.generator) for m in draws]
             ).mean(0)
             kd = torch.stack([conditional_prob(self.model.head, direct, m, item) for m in draws]).mean(0)
         return fd.numpy().astype(np.float32), kd.numpy().astype(np.float32)
@@ -92,9 +99,15 @@ class CrossFittedScorer:
     the teacher's columns (named after copy 0, which carries the teacher's name)."""
 
     def __init__(
-        self, export_dirs: Sequence[str], bank_path: str, mediator_samples: int = 1, seed: int = 0, threads: int = 1
+        self,
+        export_dirs: Sequence[str],
+        bank_path: str,
+        mediator_samples: int = 1,
+        seed: int = 0,
+        threads: int = 1,
+        bank_groups: int = 1,
     ) -> None:
-        self.copies = [TeacherScorer(d, bank_path, mediator_samples, seed, threads) for d in export_dirs]
+        self.copies = [TeacherScorer(d, bank_path, mediator_samples, seed, threads, bank_groups) for d in export_dirs]
         self.name = self.copies[0].name
 
     def __call__(self, table: pa.Table) -> pa.Table:
@@ -144,13 +157,16 @@ def soft_label_stream(
     seed: int = 0,
     scorers: int = 1,
     scorer_cpus: float = 1.0,
+    bank_groups: int = 1,
 ) -> ray.data.Dataset:
     """The lazily executed dataset the student trains on: logs plus every teacher's columns.
 
     ``teachers`` maps each teacher's name to its export directory (on storage every node sees), or to
     its cross-fitted copies' in fold order (copy k trained without fold k; one copy: not cross-fitted);
     ``mediator_samples`` draws of each teacher's stochastic mediator are averaged per row; each
-    teacher gets ``scorers`` actors of ``scorer_cpus`` CPUs (and as many torch threads, at least one).
+    teacher gets ``scorers`` actors of ``scorer_cpus`` CPUs (and as many torch threads, at least one);
+    ``bank_groups`` > 1 scores each chunk of rows against one random group of the bank
+    (``sampled_front_door_prob``).
     """
     ds = ray.data.read_parquet(train_files, columns=columns, concurrency=cpu_slots())
     for exports in teachers.values():
@@ -165,6 +181,7 @@ def soft_label_stream(
                 "mediator_samples": mediator_samples,
                 "seed": seed,
                 "threads": max(1, int(scorer_cpus)),
+                "bank_groups": bank_groups,
             },
             batch_size=batch_size,
             batch_format="pyarrow",

@@ -45,7 +45,7 @@ from distrec.train.loop import WorkerTask
 
 log = logging.getLogger("distrec")
 DISTRIBUTIONS = ("loguniform", "uniform", "choice")
-SCORING_KEYS = ("distill.bank_size", "distill.mediator_samples")  # settings of the soft labels themselves
+SCORING_KEYS = ("distill.bank_size", "distill.bank_groups", "distill.mediator_samples")  # of the soft labels
 
 
 def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
