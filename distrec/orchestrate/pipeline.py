@@ -93,6 +93,7 @@ def ray_session(settings: RayConfig, log_dir: Path | None = None) -> Iterator[No
     else:
         ray.init(
             num_cpus=settings.num_cpus,
+            object_store_memory=settings.object_store_mib * 2**20,
             include_dashboard=False,
             log_to_driver=log_dir is None,
             runtime_env={
