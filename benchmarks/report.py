@@ -197,7 +197,14 @@ def _reading(details: dict[str, dict[str, object]], info: dict[str, object]) -> 
             "TorchTrainer (a controller and a worker group of fresh processes, each importing torch, "
             "torchrec and Ray Train, then a gloo process group and a sharding plan), the scorer actors "
             "load the teachers, and evaluation runs its own tasks; on 2 cores the concurrent start-ups "
-            "queue for the CPUs."
+            "queue for the CPUs. What was cut (session 11, from 118 s on an idle machine): Ray Train's "
+            "controller collected each epoch's report only at its next poll, every 2 s, and the worker's "
+            "next report waited for it (`train.controller_poll_s`, now 0.25 s: 6 reports took 22.9 s in a "
+            "bare TorchTrainer at 2 s, 9.9 s at 0.2 s); each trainer was started from a Ray task, a process "
+            "importing torch, torchrec and Ray Train only to wait (now a driver thread); Ray Data's v2 "
+            "Parquet datasource started footer-reading actors for every read (v1: scoring 19 s -> 8 s); "
+            "evaluation started a process per model (now as many at a time as there are cores, reusing "
+            "them). A bare TorchTrainer with an empty loop still costs 7-8 s on this machine."
         )
     if h := details.get("h", {}):
         files = h.get("files", {})
@@ -254,11 +261,16 @@ def _memory_reading(e: dict[str, object]) -> str:
     grown = float(large.get("peak_anon_sum_mib", 0)) - float(small.get("peak_anon_sum_mib", 0))
     text += (
         f"Private memory grew by {grown:.0f} MiB for {_n(int(large.get('rows', 0)) - int(small.get('rows', 0)))} "
-        "more rows, the order of those rows' Arrow data (about 200 B a row); in the breakdowns we took it sits "
-        "in the read workers, not in the consumer: peak memory is not yet flat in the number of rows. Two "
-        "experiments on the 10M-row log, by hand (16 MiB Ray Data blocks; a 512 MiB Ray Data "
-        "object-store budget), left the read workers' peaks unchanged, so the cause is inside the read "
-        "tasks (how much one task decodes before its blocks are released); that is the next thing to profile."
+        "more rows; in the breakdowns it sits in the read workers, not in the consumer, and with the file size "
+        "held fixed it does not grow. What each experiment did (10M rows, by hand unless in this table): Ray "
+        "Data's v2 Parquet datasource (Ray's default) against v1 (`ray.data_datasource`, v1 by default): v2 "
+        "adds a pool of footer-reading actors; the last full run on v2 (session 9, older reader code too) "
+        "peaked at 5,244 MiB PSS, the first on v1 at 3,432 (and scoring 7,000 rows took 19.0 s on v2, 7.7 s "
+        "on v1); Ray's default object "
+        "store (30% of RAM) against 512 MiB (`ray.object_store_mib`, the default): the stream touches new "
+        "store pages as it goes, 1,050 MiB of the 3,432 at 30% of RAM, bounded at 512 MiB with the same "
+        "rows/s; 16 MiB Ray Data blocks and a 512 MiB Ray Data object-store budget (both on v2) left the read "
+        "workers' peaks unchanged. Not run: `ARROW_DEFAULT_MEMORY_POOL=system` and `MALLOC_ARENA_MAX`."
     )
     return text
 
