@@ -59,27 +59,32 @@ def lockstep(
     knows in advance) one tiny all-reduce a step finds the end. ``sizes`` gets the rows of each batch
     yielded, in order (0 for padding): counted on the host, so a step never waits on the device for it.
     """
-    it = iter(batches)
     padding = template.as_padding()
-    if steps is not None:
-        for _ in range(steps):
-            batch = next(it, None)
-            if sizes is not None:
-                sizes.append(0 if batch is None else batch.size)
-            yield batch if batch is not None else padding
-        if next(it, None) is not None:
-            raise RuntimeError(f"this rank has more than the {steps} batches every rank was to run")
-        return
+    it = iter(batches)
+    for batch in _counted(it, steps) if steps is not None else _agreed(it, group):
+        if sizes is not None:
+            sizes.append(0 if batch is None else batch.size)
+        yield batch if batch is not None else padding
+
+
+def _counted(batches: Iterator[Batch], steps: int) -> Iterator[Batch | None]:
+    """``steps`` steps of local batches, None once this rank has run out (every rank knows ``steps``)."""
+    for _ in range(steps):
+        yield next(batches, None)
+    if next(batches, None) is not None:
+        raise RuntimeError(f"this rank has more than the {steps} batches every rank was to run")
+
+
+def _agreed(batches: Iterator[Batch], group: dist.ProcessGroup | None) -> Iterator[Batch | None]:
+    """Local batches, None once this rank has run out, until no rank has one left (an all-reduce a step)."""
     flag = torch.zeros(1)
     while True:
-        batch = next(it, None)
+        batch = next(batches, None)
         flag.fill_(0.0 if batch is None else 1.0)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
         if flag.item() == 0.0:
             return
-        if sizes is not None:
-            sizes.append(0 if batch is None else batch.size)
-        yield batch if batch is not None else padding
+        yield batch
 
 
 def pair_folds(users: np.ndarray, items: np.ndarray, folds: int) -> np.ndarray:
