@@ -107,7 +107,7 @@ def synthetic(out: Path, rows: int, seed: int = 0, rows_per_file: int | None = N
     root = out / "data" / (f"synth-{rows}-s{seed}" + (f"-f{rows_per_file}" if layout else ""))
     if not (root / MANIFEST).is_file():
         started = time.perf_counter()
-        synthesize(root, rows, seed=seed, overwrite=True, **layout)
+        synthesize(root, rows, seed=seed, overwrite=True, processes=cores(), **layout)
         print(f"[bench] generated {rows} rows at {root} in {time.perf_counter() - started:.0f}s", flush=True)
     return root
 

@@ -18,13 +18,16 @@ bank keeps the 10M-row run short; the bank size changes compute, not what is buf
 The synthetic logs roll files at 1M rows, so the large log also has larger files (and Ray Data
 blocks) than the small one. The full run therefore adds a third pass, the large log rewritten with
 the small log's file size (same rows, same values), reported as ``ratio_same_file_size``: it
-separates growth with the number of rows from growth with the size of a file.
+separates growth with the number of rows from growth with the size of a file, and one pass more over
+the large log for each candidate cause in ``EXPERIMENTS`` (Arrow's memory pool, glibc's arenas, Ray
+Data's block size), reported as ``experiments``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -33,6 +36,13 @@ from pathlib import Path
 from benchmarks.common import REPO, TreeMemory, load_average, loaded, ratio, stream_inputs, synthetic
 
 BANK_SIZE = 8
+# The candidate causes of the read workers' growth, each one more pass over the large log (full runs):
+# (environment of the child and so of every Ray process, ``ray.*`` settings of its embedded Ray)
+EXPERIMENTS: dict[str, tuple[dict[str, str], list[str]]] = {
+    "arrow_system_pool": ({"ARROW_DEFAULT_MEMORY_POOL": "system"}, []),
+    "malloc_arena_max_2": ({"MALLOC_ARENA_MAX": "2"}, []),
+    "blocks_128mib": ({}, ["data_block_mib=128"]),  # Ray's default (distrec's is 16)
+}
 
 
 def _prepare(out: Path, rows: int, rows_per_file: int | None = None) -> list[str]:
@@ -42,12 +52,16 @@ def _prepare(out: Path, rows: int, rows_per_file: int | None = None) -> list[str
     return ["--root", str(root.resolve()), "--teacher", str(teacher), "--bank", str(bank)]
 
 
-def _measure(out: Path, rows: int, args: list[str]) -> dict[str, object]:
+def _measure(out: Path, rows: int, args: list[str], env: dict[str, str] | None = None) -> dict[str, object]:
     log = Path(args[args.index("--teacher") + 1]).parent / "child.log"
     started = time.perf_counter()
     with open(log, "w") as sink:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.memory", *args], cwd=REPO, stdout=sink, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "benchmarks.memory", *args],
+            cwd=REPO,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},  # Ray's processes inherit it from the child
         )
         with TreeMemory(proc.pid, interval=0.5) as memory:
             code = proc.wait()
@@ -63,7 +77,7 @@ def _measure(out: Path, rows: int, args: list[str]) -> dict[str, object]:
 def run(out: Path, quick: bool) -> dict[str, object]:
     import numpy as np
 
-    sizes = (200_000, 1_000_000, 2_000_000) if quick else (1_000_000, 4_000_000, 10_000_000)
+    sizes = (100_000, 500_000, 1_000_000) if quick else (1_000_000, 4_000_000, 10_000_000)
     small, large = sizes[0], sizes[-1]
     args = {rows: _prepare(out, rows) for rows in sizes}
     small_files = _train_file_rows(out, small)
@@ -76,9 +90,24 @@ def run(out: Path, quick: bool) -> dict[str, object]:
     extra: dict[str, object] = {}
     if same is not None:
         run_same = _measure(out, large, same)
+        experiments = {
+            name: _measure(out, large, [*args[large], "--ray", *settings], env)
+            for name, (env, settings) in EXPERIMENTS.items()
+        }
         extra = {
             "ratio_same_file_size": ratio([run_same["peak_pss_sum_mib"]], [s["peak_pss_sum_mib"]]),  # type: ignore[list-item]
             "large_same_file_size": {**run_same, "rows_per_file": small_files},
+            "experiments": {
+                name: {
+                    "env": EXPERIMENTS[name][0],
+                    "ray": EXPERIMENTS[name][1],
+                    "peak_pss_sum_mib": r["peak_pss_sum_mib"],
+                    "ratio": ratio([r["peak_pss_sum_mib"]], [s["peak_pss_sum_mib"]]),  # type: ignore[list-item]
+                    "rows_per_s": r["rows_per_s"],
+                    "top_anon_mib": r["top_anon_mib"],
+                }
+                for name, r in experiments.items()
+            },
         }
     return {
         "ratio": ratio([big["peak_pss_sum_mib"]], [s["peak_pss_sum_mib"]]),  # type: ignore[list-item]
@@ -109,29 +138,42 @@ def _train_file_rows(out: Path, rows: int) -> int:
     return max(pq.ParquetFile(f).metadata.num_rows for f in Manifest.read(root).files(root, "train"))
 
 
-def child(root: str, teacher: str, bank: str, batch_size: int) -> dict[str, object]:
-    """One streamed pass over the training logs in a fresh embedded Ray (run in a subprocess)."""
+def child(root: str, teacher: str, bank: str, batch_size: int, ray_settings: list[str]) -> dict[str, object]:
+    """One streamed pass over the training logs in a fresh embedded Ray (run in a subprocess), with
+    ``ray.*`` overrides (``data_block_mib=16``) on the local defaults."""
     from distrec.loopback import bind_local_ray_to_loopback
 
     bind_local_ray_to_loopback()
     from distrec.config import RayConfig
-    from distrec.data.batch import BatchBuilder
     from distrec.data.schema import Manifest
     from distrec.orchestrate.pipeline import ray_session
-    from distrec.orchestrate.stream import front_door_column, soft_label_stream
 
     manifest = Manifest.read(root)
     files = [str(f) for f in manifest.files(root, "train")]
-    with ray_session(RayConfig()):
-        stream = soft_label_stream(files, BatchBuilder(manifest).columns, {"t": teacher}, Path(bank), batch_size)
-        name = json.loads(Path(teacher, "model.json").read_text())["name"]
-        builder = BatchBuilder(manifest, [front_door_column(name)])
-        rows, started = 0, time.perf_counter()
-        for table in stream.iter_batches(batch_size=batch_size, batch_format="pyarrow", prefetch_batches=2):
-            rows += builder(table).size
-        seconds = time.perf_counter() - started
-    if rows != manifest.rows["train"]:
-        raise RuntimeError(f"streamed {rows} rows, expected {manifest.rows['train']}")
+    settings = RayConfig(**{k: int(v) if v.isdigit() else v for k, v in (s.split("=", 1) for s in ray_settings)})
+    with ray_session(settings):
+        result = stream_pass(manifest, files, teacher, Path(bank), batch_size)
+    if result["rows"] != manifest.rows["train"]:
+        raise RuntimeError(f"streamed {result['rows']} rows, expected {manifest.rows['train']}")
+    return result
+
+
+def stream_pass(
+    manifest: object, files: list[str], teacher: str, bank: Path, batch_size: int, bank_groups: int = 1
+) -> dict[str, object]:
+    """``files`` through ``soft_label_stream`` with one teacher, consumed batch by batch into ``BatchBuilder``
+    as the student's feed does (inside a running Ray); rows, seconds and rows/s."""
+    from distrec.data.batch import BatchBuilder
+    from distrec.orchestrate.stream import front_door_column, soft_label_stream
+
+    columns = BatchBuilder(manifest).columns  # type: ignore[arg-type]
+    stream = soft_label_stream(files, columns, {"t": teacher}, bank, batch_size, bank_groups=bank_groups)
+    name = json.loads(Path(teacher, "model.json").read_text())["name"]
+    builder = BatchBuilder(manifest, [front_door_column(name)])  # type: ignore[arg-type]
+    rows, started = 0, time.perf_counter()
+    for table in stream.iter_batches(batch_size=batch_size, batch_format="pyarrow", prefetch_batches=2):
+        rows += builder(table).size
+    seconds = time.perf_counter() - started
     return {"rows": rows, "seconds": round(seconds, 1), "rows_per_s": round(rows / seconds)}
 
 
@@ -141,8 +183,9 @@ def main() -> None:
     parser.add_argument("--teacher", required=True)
     parser.add_argument("--bank", required=True)
     parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--ray", nargs="*", default=[], help="ray.* settings, e.g. data_block_mib=16")
     args = parser.parse_args()
-    print(json.dumps(child(args.root, args.teacher, args.bank, args.batch_size)), flush=True)
+    print(json.dumps(child(args.root, args.teacher, args.bank, args.batch_size, args.ray)), flush=True)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def run(out: Path, quick: bool) -> dict[str, object]:
     from distrec.data.schema import Manifest
 
     torch.set_num_threads(1)
-    rows = 2_000_000 if quick else 10_000_000  # the logs of benchmark (e), generated once
+    rows = 1_000_000 if quick else 10_000_000  # the logs of benchmark (e), generated once
     repeats = 9 if quick else 11  # a pass takes a second or two: enough rounds for steady medians when loaded
     batch_size = 1024  # the training batch size of jobs/local.yaml
     root = synthetic(out, rows)

@@ -12,10 +12,15 @@ last line of output. Every figure is a ratio against a reference measured in the
     f  warm_vs_cold            wall time of a cold nightly reaching the warm one's held-out AUC  /  the warm one
     g  tiny_run_seconds        wall seconds of `distrec run jobs/local.yaml` on 10,000 rows (not a ratio)
     h  many_files_vs_few       soft-label stream rows/s over ~3,000 small files  /  over ~10 files
+    i  scale_pss_vs_1m         peak PSS of one teacher's epoch and its soft-label stream over 20M rows of a
+                               100M-row log  /  the same job on a 1M-row log (full runs only)
 
-``--quick`` uses smaller sizes and fewer repeats (under 5 minutes on 2 cores); the JSON and the
-document say which sizes were used. Each figure carries the min/median/max of its rounds' ratios
-(``spread``) and ``loaded``: true when the 1-minute load average exceeded the cores while it ran.
+``--quick`` (under 5 minutes on 2 cores once its logs are cached in ``--out``) uses smaller sizes, leaves
+out the sides that only explain a ratio, and leaves out the whole-job figures (f), (g) and (i), which
+take minutes by nature, unless ``--only`` names them; the JSON and the document say which sizes were
+used. Only a full run (every figure, not quick) rewrites ``docs/performance.md`` by default. Each figure
+carries the min/median/max of its rounds' ratios (``spread``) and ``loaded``: true when the 1-minute load
+average exceeded the cores while it ran.
 """
 
 from __future__ import annotations
@@ -44,27 +49,32 @@ BENCHMARKS = {
     "f": ("warm_vs_cold", "benchmarks.warm"),
     "g": ("tiny_run_seconds", "benchmarks.tiny"),
     "h": ("many_files_vs_few", "benchmarks.files"),
+    "i": ("scale_pss_vs_1m", "benchmarks.scale"),
 }
+FULL_ONLY = {"f", "g", "i"}  # whole jobs: left out of --quick unless --only names them
 NEEDS_RAY = {"c", "d", "f", "h"}  # in this process; (b), (e) and (g) start their own interpreters
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (< 5 min on 2 cores)")
-    parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated subset of a,b,...,h")
+    parser.add_argument("--only", default=None, help="comma-separated subset of a,b,...,i (default: all)")
     parser.add_argument("--out", default="bench_out", help="cached datasets, logs and results.json")
     parser.add_argument(
-        "--doc", default=None, help="where to write the report (default: docs/performance.md for a full set)"
+        "--doc", default=None, help="where to write the report (default: docs/performance.md for a full run)"
     )
     args = parser.parse_args(argv)
-    selected = [k.strip() for k in args.only.split(",") if k.strip()]
+    if args.only is None:
+        selected = [k for k in BENCHMARKS if not (args.quick and k in FULL_ONLY)]
+    else:
+        selected = [k.strip() for k in args.only.split(",") if k.strip()]
     unknown = [k for k in selected if k not in BENCHMARKS]
     if unknown:
         parser.error(f"--only: unknown benchmarks {unknown}; choose from {sorted(BENCHMARKS)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    full_set = len(selected) == len(BENCHMARKS)
-    doc = Path(args.doc) if args.doc else (REPO / "docs" if full_set else out) / "performance.md"
+    full_run = not args.quick and set(selected) == set(BENCHMARKS)  # only a full run rewrites docs/performance.md
+    doc = Path(args.doc) if args.doc else (REPO / "docs" if full_run else out) / "performance.md"
     command = shlex.join(["python", "-m", "benchmarks.run", *(argv if argv is not None else sys.argv[1:])])
 
     from distrec.config import RayConfig
@@ -80,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         with ray_session(RayConfig()):  # one embedded Ray (the local defaults) for (c), (d), (f) and (h)
             for key in [k for k in "dcfh" if k in selected]:
                 details[key] = _one(key, out, args.quick, errors)
-    for key in [k for k in "ge" if k in selected]:  # last, with no Ray of ours running: each starts its own
+    for key in [k for k in "gei" if k in selected]:  # last, with no Ray of ours running: each starts its own
         details[key] = _one(key, out, args.quick, errors)
     info["load_average_end"] = load_average()
     seconds = round(time.perf_counter() - started, 1)
@@ -150,6 +160,7 @@ def _absolute(details: dict[str, dict[str, object]]) -> dict[str, object]:
         "f": ("warm_seconds", "cold_seconds", "warm_auc", "cold_epochs", "reached"),
         "g": ("outside_loops_share", "training_loop_seconds", "stages"),
         "h": ("many_rows_per_s", "few_rows_per_s", "files"),
+        "i": ("generate_rows_per_s", "train_rows_per_s", "stream_rows_per_s", "peak_pss_mib", "reference_peak_pss_mib"),
     }
     out: dict[str, object] = {}
     for k, names in keys.items():

@@ -5,8 +5,8 @@ synthetic training logs, each rank reading its own share of the files with ``Sha
 default without a dataset), differing only in ``train.num_workers``; runs alternate 1, 2, 2, 1, ...
 Two models: the headline is a compute-bound one (``COMPUTE_BOUND``: the first teacher of
 ``jobs/local.yaml`` with wider tables and MLP, where a step's arithmetic outweighs its collectives),
-and the demo teacher itself is reported beside it (``demo_*``), whose tiny tables and layers leave
-each step mostly collectives. Throughput is the trainer's own ``rows`` /
+and the demo teacher itself is reported beside it (``demo_*``, full runs only), whose tiny tables and
+layers leave each step mostly collectives. Throughput is the trainer's own ``rows`` /
 ``seconds`` metrics (``distrec.train.loop``: from the first batch request after the model is sharded
 to the end of the epoch), so Ray start-up, worker-group start-up and sharding are not counted.
 The load average is recorded around the runs: on a shared machine it says how many cores were free.
@@ -62,7 +62,17 @@ def run(out: Path, quick: bool) -> dict[str, object]:
     wide = replace(teacher, **COMPUTE_BOUND)
     load_before = load_average()
     results = interleave({"one": lambda: side(1, wide), "two": lambda: side(2, wide)}, repeats)
-    demo = interleave({"one": lambda: side(1, teacher), "two": lambda: side(2, teacher)}, repeats)
+    demo_side: dict[str, object] = {}
+    if not quick:  # the demo teacher beside the headline
+        demo = interleave({"one": lambda: side(1, teacher), "two": lambda: side(2, teacher)}, repeats)
+        demo_side = {
+            "demo_ratio": ratio(demo["two"], demo["one"]),
+            "demo_ratio_spread": spread(demo["two"], demo["one"]),
+            "demo_two_workers_samples_per_s": round(median(demo["two"])),
+            "demo_one_worker_samples_per_s": round(median(demo["one"])),
+            "demo_model": f"{teacher.arch} dim {teacher.dim} hidden {teacher.hidden}",
+            "demo_samples": {k: [round(v) for v in vs] for k, vs in demo.items()},
+        }
     return {
         "ratio": ratio(results["two"], results["one"]),
         "ratio_spread": spread(results["two"], results["one"]),
@@ -70,11 +80,7 @@ def run(out: Path, quick: bool) -> dict[str, object]:
         "two_workers_samples_per_s": round(median(results["two"])),
         "one_worker_samples_per_s": round(median(results["one"])),
         "model": f"{wide.arch} dim {wide.dim} hidden {wide.hidden}",
-        "demo_ratio": ratio(demo["two"], demo["one"]),
-        "demo_ratio_spread": spread(demo["two"], demo["one"]),
-        "demo_two_workers_samples_per_s": round(median(demo["two"])),
-        "demo_one_worker_samples_per_s": round(median(demo["one"])),
-        "demo_model": f"{teacher.arch} dim {teacher.dim} hidden {teacher.hidden}",
+        **demo_side,
         "rows": manifest.rows["train"],
         "dataset_rows": rows,
         "batch_size": config.train.batch_size,
@@ -82,5 +88,4 @@ def run(out: Path, quick: bool) -> dict[str, object]:
         "load_average_before": load_before,
         "load_average_after": load_average(),
         "samples": {k: [round(v) for v in vs] for k, vs in results.items()},
-        "demo_samples": {k: [round(v) for v in vs] for k, vs in demo.items()},
     }

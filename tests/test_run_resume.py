@@ -118,3 +118,25 @@ def test_a_student_tune_over_the_bank_scores_each_trials_soft_labels(
     assert fd and not any(small[c].equals(large[c]) for c in fd)  # the front-door labels follow the bank
     trials = json.loads((run / "tune.json").read_text())["trials"]
     assert sorted(t["params"]["distill.bank_size"] for t in trials) == [2, 8]
+
+
+def test_a_search_over_k_chooses_subsets_of_the_runs_teachers(tmp_path: Path) -> None:
+    from distrec.config import load_config
+    from distrec.orchestrate.pipeline import student_variants
+    from distrec.orchestrate.tune import check_target, with_overrides
+
+    deepfm = "{name: deepfm, arch: deepfm, dim: 16, hidden: [64, 32]}"
+    dcn = "{name: dcn, arch: dcn, dim: 16, hidden: [64, 32]}"
+    config = load_config(
+        "jobs/local.yaml", ["tune.target=student", f"tune.space={{teachers: [[{deepfm}], [{deepfm}, {dcn}]]}}"]
+    )
+    check_target(config)
+    one = with_overrides(config, {"teachers": config.tune.space["teachers"][0]})
+    _, extra = student_variants(one, [t.name for t in one.teachers])[-1]
+    assert extra["soft_label_columns"] == ["fd__deepfm"]  # the K=1 trial distils deepfm's column alone
+
+    args = ["tune", "jobs/local.yaml", f"runs_dir={tmp_path}", "tune.target=student"]
+    other = "{name: deepfm, arch: deepfm, dim: 32, hidden: [64, 32]}"  # not the run's deepfm
+    assert main([*args, f"tune.space={{teachers: [[{other}]]}}"]) == 3
+    assert main([*args, "tune.space={teachers: [[]]}"]) == 3
+    assert main([*args[:-1], "tune.target=base", f"tune.space={{teachers: [[{deepfm}]]}}"]) == 3

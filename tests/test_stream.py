@@ -20,6 +20,7 @@ from distrec.models.architectures import build_model
 from distrec.orchestrate.stream import (
     conditional_column,
     front_door_column,
+    read_tasks,
     soft_label_stream,
     write_history_bank,
 )
@@ -113,3 +114,21 @@ def test_history_bank_samples_distinct_training_rows(tiny_dataset: tuple[Path, M
     again = pq.read_table(write_history_bank(manifest, str(root), 50, seed=3, out=tmp_path / "again.parquet"))
     assert bank.num_rows == 50 and bank.equals(again)
     assert set(bank.column_names) == set(BatchBuilder(manifest).columns)
+
+
+def test_small_files_share_read_tasks_and_large_ones_get_one_each(tmp_path: Path) -> None:
+    def files(count: int, size: int) -> list[str]:
+        out = []
+        for i in range(count):
+            f = tmp_path / f"{count}-{size}-{i}.parquet"
+            with open(f, "wb") as sparse:  # only the size matters: a sparse file of that size
+                sparse.truncate(size)
+            out.append(str(f))
+        return out
+
+    many_small = files(3000, 1000)  # 3 MB in all: a few tasks, each reading hundreds of files in turn
+    assert read_tasks(many_small, slots=2) == 4
+    assert read_tasks(files(3, 1000), slots=2) == 3  # never more tasks than files
+    mib = 2**20
+    assert read_tasks(files(10, 64 * mib), slots=2) == 10  # large files: one task each
+    assert read_tasks(files(40, 4 * mib), slots=2) == 5  # 160 MiB of small files: about 32 MiB a task

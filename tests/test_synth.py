@@ -201,7 +201,13 @@ def test_deterministic_given_seed(tmp_path: Path) -> None:
     chunked = generate("chunked", 7, chunk_rows=333)
     many_files = generate("many_files", 7, chunk_rows=100, rows_per_file=200)
     assert len(list((tmp_path / "many_files" / "train" / "ds=2026-01-01").glob("*.parquet"))) == 3
+    # the same files written two at a time by spawned processes, in whatever order they finish
+    in_processes = generate("in_processes", 7, chunk_rows=100, rows_per_file=200, processes=2)
+    for name in ("many_files", "in_processes"):
+        files = sorted(p.relative_to(tmp_path / name) for p in (tmp_path / name).rglob("part-*.parquet"))
+        assert len(files) > 2, name
     for split in SPLITS:
+        assert many_files[split].equals(in_processes[split]), split
         assert one_chunk[split].equals(again[split]), split
         assert not one_chunk[split].equals(other[split]), split
         assert one_chunk[split].equals(chunked[split]), split

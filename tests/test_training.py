@@ -69,3 +69,21 @@ def test_export_loads_unsharded_and_ranks_better_than_chance(
     assert scored["probs"].shape == (manifest.rows["test_id"],)
     assert np.all((scored["probs"] > 0) & (scored["probs"] < 1))
     assert auc(scored["labels"], scored["probs"]) > 0.55  # the oracle (true_ctr) reaches 0.84
+
+
+def test_valid_metrics_of_the_loop_are_those_of_its_export(
+    trained_teacher: tuple[dict, Path], tiny_dataset: tuple[Path, Manifest]
+) -> None:
+    """Known answer: the loop validates each rank's share and combines them (the AUC from every rank's
+    logits, the log-loss summed batch by batch); the kept export is the best epoch, so scoring it alone on
+    the whole valid split gives the same two figures."""
+    from distrec.eval.metrics import logloss
+
+    metrics, export = trained_teacher
+    root, manifest = tiny_dataset
+    best = max(metrics["curve"], key=lambda p: p["valid_auc"])
+    model, _, _ = load_export(export)
+    scored = score_files(model, BatchBuilder(manifest), manifest.files(root, "valid"), batch_size=512)
+    assert scored["labels"].shape == (manifest.rows["valid"],)
+    assert best["valid_auc"] == pytest.approx(auc(scored["labels"], scored["probs"]), abs=1e-4)
+    assert best["valid_logloss"] == pytest.approx(logloss(scored["labels"], scored["probs"]), abs=1e-4)

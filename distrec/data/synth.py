@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import multiprocessing
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -150,7 +151,10 @@ class _Counter:
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
+    out = np.negative(x)  # 1 / (1 + exp(-x)), in one buffer: the truths' quadratures are most of the generator's time
+    np.exp(out, out=out)
+    out += 1.0
+    return np.reciprocal(out, out=out)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -443,6 +447,53 @@ def _write_truth(root: Path, world: _World) -> None:
     pq.write_table(pa.table(mediators), root / "scm" / "mediators.parquet")
 
 
+@dataclass(frozen=True)
+class _FileWriter:
+    """Everything a data file's rows depend on. Rows are a function of the seed and their position only
+    (counter-based draws), so files can be written in any order, by any process."""
+
+    world: _World
+    rng: _Counter
+    history: _Histories
+    front_door: np.ndarray
+    edges: np.ndarray
+    session_noise: float
+    schema: pa.Schema
+    chunk_rows: int
+
+    def write(self, part: _Partition, start: int, per_file: int, path: Path) -> None:
+        """Rows ``start : start + per_file`` of ``part`` into the Parquet file ``path``, a chunk at a time."""
+        with pq.ParquetWriter(path, self.schema) as writer:
+            for lo in range(start, min(part.rows, start + per_file), self.chunk_rows):
+                hi = min(part.rows, lo + self.chunk_rows)
+                table = _chunk(
+                    self.world,
+                    self.rng,
+                    part,
+                    lo,
+                    hi,
+                    self.history,
+                    self.front_door,
+                    self.edges,
+                    self.session_noise,
+                    self.schema,
+                )
+                writer.write_table(table)
+
+
+_WRITER: _FileWriter | None = None  # a writing process's copy, set once by the pool's initializer
+
+
+def _set_writer(writer: _FileWriter) -> None:
+    global _WRITER
+    _WRITER = writer
+
+
+def _write_file(part: _Partition, start: int, per_file: int, path: Path) -> None:
+    assert _WRITER is not None
+    _WRITER.write(part, start, per_file, path)
+
+
 def synthesize(
     out: Path,
     rows: int,
@@ -463,6 +514,7 @@ def synthesize(
     rows_per_file: int = 1_000_000,
     name: str = "synth",
     overwrite: bool = False,
+    processes: int = 1,
 ) -> Manifest:
     """Write ``rows`` synthetic exposures (the splits but valid_random) as a dataset directory at ``out``.
 
@@ -471,7 +523,8 @@ def synthesize(
     test_do = last day with X set by intervention (the module docstring); valid and the three test splits
     hold 7.5% of ``rows`` each, and valid_random (day days-1, the random policy) 7.5% more. Memory is
     bounded by ``chunk_rows`` (plus users x history_len for the history pools); a partition's file rolls
-    over after ``rows_per_file`` rows rounded up to whole chunks.
+    over after ``rows_per_file`` rows rounded up to whole chunks. ``processes`` > 1 writes that many files
+    at a time, each in its own process; the data do not depend on it.
     """
     if days < 3 or users < 1 or items < 2 or dim < 1 or num_tags < 4 or history_len < 0 or seed < 0:
         raise ConfigError(
@@ -532,20 +585,26 @@ def synthesize(
             },
         },
     )
-    schema = manifest.schema()
+    writer = _FileWriter(world, rng, history, front_door, edges, session_noise, manifest.schema(), chunk_rows)
+    per_file = -(-rows_per_file // chunk_rows) * chunk_rows  # files roll over at chunk boundaries
     with atomic_dir(out, overwrite=overwrite) as tmp:
+        files: list[tuple[_Partition, int, Path]] = []
         for part in plan:
             directory = tmp / part.split / part.ds
             directory.mkdir(parents=True)
             manifest.splits.setdefault(part.split, []).append(part.ds)
             manifest.rows[part.split] = manifest.rows.get(part.split, 0) + part.rows
-            per_file = -(-rows_per_file // chunk_rows) * chunk_rows  # files roll over at chunk boundaries
-            for f, start in enumerate(range(0, part.rows, per_file)):
-                with pq.ParquetWriter(directory / f"part-{f:05d}.parquet", schema) as writer:
-                    for lo in range(start, min(part.rows, start + per_file), chunk_rows):
-                        hi = min(part.rows, lo + chunk_rows)
-                        table = _chunk(world, rng, part, lo, hi, history, front_door, edges, session_noise, schema)
-                        writer.write_table(table)
+            files += [
+                (part, start, directory / f"part-{f:05d}.parquet")
+                for f, start in enumerate(range(0, part.rows, per_file))
+            ]
+        if processes > 1 and len(files) > 1:
+            context = multiprocessing.get_context("spawn")  # the caller may hold threads (Ray, torch): never fork
+            with context.Pool(min(processes, len(files)), initializer=_set_writer, initargs=(writer,)) as pool:
+                pool.starmap(_write_file, [(part, start, per_file, path) for part, start, path in files])
+        else:
+            for part, start, path in files:
+                writer.write(part, start, per_file, path)
         _write_truth(tmp, world)
         manifest.write(tmp)
     return manifest

@@ -111,11 +111,13 @@ def ray_session(settings: RayConfig, log_dir: Path | None = None) -> Iterator[No
 
 
 def configure_ray_data(settings: RayConfig) -> None:
-    """This process's Ray Data settings: no progress bars (the console shows progress), and the Parquet
-    datasource ``ray.data_datasource`` (Ray Data decides it where ``read_parquet`` is called)."""
+    """This process's Ray Data settings: no progress bars (the console shows progress), the Parquet
+    datasource ``ray.data_datasource`` (Ray Data decides it where ``read_parquet`` is called) and the
+    block size ``ray.data_block_mib``."""
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.use_datasource_v2 = settings.data_datasource == "v2"
+    context.target_max_block_size = settings.data_block_mib * 2**20
 
 
 def new_run_id() -> str:

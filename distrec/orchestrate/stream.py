@@ -147,6 +147,18 @@ def write_history_bank(manifest: Manifest, root: str, size: int, seed: int, out:
     return out
 
 
+READ_TASK_BYTES = 32 * 2**20  # of Parquet per read task, at most, where the files are smaller than that
+
+
+def read_tasks(files: Sequence[str], slots: int) -> int:
+    """Ray Data read tasks for ``files``: one per file, unless the files are small, then fewer, each reading
+    several files in turn (about ``READ_TASK_BYTES`` of Parquet, and at least two per CPU slot). Every read
+    task costs scheduling, a worker's start-up and blocks of its own: a log of thousands of small files
+    streamed at 0.56x the rows/s of the same rows in ten files when each file was a task (benchmark (h))."""
+    total = sum(Path(f).stat().st_size for f in files)
+    return max(1, min(len(files), max(2 * slots, -(-total // READ_TASK_BYTES))))
+
+
 def soft_label_stream(
     train_files: list[str],
     columns: list[str],
@@ -168,7 +180,15 @@ def soft_label_stream(
     ``bank_groups`` > 1 scores each chunk of rows against one random group of the bank
     (``sampled_front_door_prob``).
     """
-    ds = ray.data.read_parquet(train_files, columns=columns, concurrency=cpu_slots())
+    slots = cpu_slots()
+    tasks = read_tasks(train_files, slots)
+    ds = ray.data.read_parquet(  # Ray Data's own choice unless small files are to share tasks: it also
+        # splits each task's output into smaller blocks when it plans more blocks than there are files
+        train_files,
+        columns=columns,
+        concurrency=slots,
+        override_num_blocks=tasks if tasks < len(train_files) else None,
+    )
     for exports in teachers.values():
         copies = [exports] if isinstance(exports, str) else list(exports)
         scorer: type[TeacherScorer | CrossFittedScorer] = TeacherScorer if len(copies) == 1 else CrossFittedScorer

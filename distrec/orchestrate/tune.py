@@ -9,7 +9,8 @@ depend on (``SCORING_KEYS``: the bank size, the mediator samples) scores them in
 
 The search space maps dotted keys to a list (a grid, every value tried) or to one distribution:
 ``{loguniform: [lo, hi]}``, ``{uniform: [lo, hi]}``, ``{choice: [a, b, ...]}`` (``tune.num_samples``
-draws). Results, written into ``<runs_dir>/<run_id>/``:
+draws). For the student, ``teachers`` searches K: each option a subset of the run's own teachers (the
+student distils only their columns). Results, written into ``<runs_dir>/<run_id>/``:
 
     tune.json    every trial's settings, best valid AUC and best epoch, ranked
     best.yaml    the run configuration with the best settings applied
@@ -81,6 +82,30 @@ def check_target(config: Config) -> None:
     targets = ["base", "student", *(t.name for t in config.teachers)]
     if config.tune.target not in targets:
         raise ConfigError(f"tune.target must be one of {targets}, got {config.tune.target!r}")
+    if "teachers" in config.tune.space:
+        check_teacher_subsets(config)
+
+
+def check_teacher_subsets(config: Config) -> None:
+    """A search over K (``tune.space.teachers``) chooses among the run's own teachers, which are trained
+    and scored once before the trials: each option is a non-empty list of them, for the student."""
+    options = config.tune.space["teachers"]
+    run_teachers = {t.name: t for t in config.teachers}
+    if config.tune.target != "student":
+        raise ConfigError("tune.space.teachers (a search over K) needs tune.target=student")
+    if not isinstance(options, list) or not all(isinstance(o, list) and o for o in options):
+        raise ConfigError("tune.space.teachers must be a list of non-empty lists of the run's teachers")
+    for option in options:
+        for teacher in option:
+            name = teacher.get("name") if isinstance(teacher, dict) else None
+            if (
+                name not in run_teachers
+                or with_overrides(config, {"teachers": [teacher]}).teachers[0] != run_teachers[name]
+            ):
+                raise ConfigError(
+                    f"tune.space.teachers: {teacher!r} is not one of the run's teachers {list(run_teachers)} as "
+                    "configured; a search over K chooses subsets of them"
+                )
 
 
 def _trial_task(config: Config, ctx: RunContext, soft_labels: list[str] | None) -> WorkerTask:

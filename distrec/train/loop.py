@@ -365,20 +365,27 @@ class Worker:
         batches = lockstep(
             to_batches(chunks, self.builder, self.task.train.batch_size), self.template, self.control, reader.steps
         )
-        labels, logits = [], []
+        # Memory stays a few bytes a row: each batch's log-loss is summed as it comes, and the AUC (a rank
+        # statistic, so of the logits themselves) needs only every rank's clicks and float32 logits.
+        clicks, logits, loss_sum = [], [], 0.0
         self.training.dmp.eval()
         with torch.no_grad():
             for out in self._outputs(batches, "validate_step"):
                 real = out.weights > 0
-                labels.append(out.labels[real].cpu().numpy())
-                logits.append(out.logits[real].float().cpu().numpy())
+                y = out.labels[real].cpu().numpy()
+                z = out.logits[real].float().cpu().numpy()
+                if y.size:
+                    loss_sum += logloss(y, 1.0 / (1.0 + np.exp(-z.astype(np.float64)))) * y.size
+                clicks.append(y > 0.5)
+                logits.append(z)
         self.training.dmp.train()
-        mine = (np.concatenate(labels or [np.zeros(0)]), np.concatenate(logits or [np.zeros(0)]))
+        mine = (np.concatenate(clicks or [np.zeros(0, bool)]), np.concatenate(logits or [np.zeros(0, np.float32)]))
         gathered: list[Any] = [None] * self.world
-        dist.all_gather_object(gathered, mine, group=self.control)
-        y = np.concatenate([g[0] for g in gathered])
-        p = 1.0 / (1.0 + np.exp(-np.concatenate([g[1] for g in gathered]).astype(np.float64)))
-        return {"valid_auc": auc(y, p), "valid_logloss": logloss(y, p)}
+        dist.all_gather_object(gathered, (*mine, loss_sum), group=self.control)
+        y_all = np.concatenate([g[0] for g in gathered])
+        rows = len(y_all)
+        mean_loss = sum(g[2] for g in gathered) / rows if rows else math.nan
+        return {"valid_auc": auc(y_all, np.concatenate([g[1] for g in gathered])), "valid_logloss": mean_loss}
 
     def save_checkpoint(
         self, name: str, metrics: dict[str, Any], export: bool = False, started: float | None = None
