@@ -26,8 +26,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check distrec tests benchmarks scripts
 	$(VENV)/bin/mypy distrec
 
-# Throughput and memory ratios; prints one JSON line last and writes docs/performance.md.
-# Quick variant (< 5 min on 2 cores): make bench BENCH_ARGS=--quick
+# Throughput and memory ratios; prints one JSON line last and writes docs/performance.md (a full run:
+# about 40 min on 2 cores, plus about 14 min the first time to generate benchmark (i)'s 100M-row log).
+# Quick variant (about 5 min on 2 cores once its logs are cached; without the whole-job figures f, g, i):
+# make bench BENCH_ARGS=--quick
 bench: $(STAMP)
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
 

@@ -126,9 +126,9 @@ def test_small_files_share_read_tasks_and_large_ones_get_one_each(tmp_path: Path
             out.append(str(f))
         return out
 
-    many_small = files(3000, 1000)  # 3 MB in all: a few tasks, each reading hundreds of files in turn
-    assert read_tasks(many_small, slots=2) == 4
-    assert read_tasks(files(3, 1000), slots=2) == 3  # never more tasks than files
+    many_small = files(3000, 1000)  # 3 MB in all: 16 tasks a slot, each reading about 90 files in turn
+    assert read_tasks(many_small, slots=2) == 32
+    assert read_tasks(files(10, 1000), slots=2) == 10  # a few files: one task each
     mib = 2**20
-    assert read_tasks(files(10, 64 * mib), slots=2) == 10  # large files: one task each
-    assert read_tasks(files(40, 4 * mib), slots=2) == 5  # 160 MiB of small files: about 32 MiB a task
+    assert read_tasks(files(40, 64 * mib), slots=2) == 40  # large files: one task each
+    assert read_tasks(files(400, 4 * mib), slots=2) == 50  # 1,600 MiB of small files: about 32 MiB a task
