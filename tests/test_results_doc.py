@@ -39,7 +39,7 @@ def test_a_partial_sweep_keeps_the_sections_it_did_not_rerun(tmp_path: Path) -> 
     assert "old synthetic table" not in doc  # rerun: regenerated from its report
     assert "| base | 0.7500 |" in doc
     assert "old movielens table" in doc  # not rerun: kept, and marked as such
-    movielens = doc[doc.index("## movielens") : doc.index("## synthetic")]
+    movielens = doc[doc.index("## movielens") : doc.index("## Reading")]
     assert "not rerun by the latest sweep" in movielens
     assert doc.endswith("## Reading (by hand)\n\nkept words\n")
     # rebuilding again does not stack the mark
