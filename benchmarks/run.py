@@ -15,8 +15,9 @@ last line of output. Every figure is a ratio against a reference measured in the
     i  scale_pss_vs_1m         peak PSS of one teacher's epoch and its soft-label stream over 20M rows of a
                                100M-row log  /  the same job on a 1M-row log (full runs only)
 
-``--quick`` (under 5 minutes on 2 cores once its logs are cached in ``--out``) uses smaller sizes, leaves
-out the sides that only explain a ratio, and leaves out the whole-job figures (f), (g) and (i), which
+``--quick`` (under 5 minutes on 2 cores once its logs are cached in ``--out``) uses smaller sizes, two
+rounds instead of three where a round is whole trainer fits ((c), (d)), leaves out the sides that only
+explain a ratio, and leaves out the whole-job figures (f), (g) and (i), which
 take minutes by nature, unless ``--only`` names them; the JSON and the document say which sizes were
 used. Only a full run (every figure, not quick) rewrites ``docs/performance.md`` by default. Each figure
 carries the min/median/max of its rounds' ratios (``spread``) and ``loaded``: true when the 1-minute load

@@ -45,7 +45,7 @@ def run(out: Path, quick: bool) -> dict[str, object]:
     from distrec.train.loop import WorkerTask
 
     rows = 100_000 if quick else 1_000_000
-    repeats = 3
+    repeats = 2 if quick else 3  # each round is whole TorchTrainer fits: quick keeps two
     config = load_config(REPO / "jobs" / "local.yaml")
     root = synthetic(out, rows)
     manifest = Manifest.read(root)
