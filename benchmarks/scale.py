@@ -58,13 +58,14 @@ def _generated(out: Path, rows: int) -> tuple[Path, dict[str, object]]:
     """The cached ``rows``-row synthetic log (the path ``benchmarks.common.synthetic`` uses) and the
     figures of the run that generated it."""
     from distrec.data.schema import MANIFEST
+    from distrec.io import atomic_write_json
 
     root = out / "data" / f"synth-{rows}-s0"
     figures = root.with_name(root.name + ".generation.json")
     if not (root / MANIFEST).is_file() or not figures.is_file():
         result = _measured(["generate", "--root", str(root), "--rows", str(rows)], out / f"scale-generate-{rows}.log")
         result["rows_per_s"] = round(rows / float(result["seconds"]))  # type: ignore[arg-type]
-        figures.write_text(json.dumps(result))
+        atomic_write_json(figures, result)
     return root, json.loads(figures.read_text())
 
 
