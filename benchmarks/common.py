@@ -104,12 +104,42 @@ def synthetic(out: Path, rows: int, seed: int = 0, rows_per_file: int | None = N
     from distrec.data.synth import synthesize
 
     layout = {} if rows_per_file is None else {"rows_per_file": rows_per_file, "chunk_rows": rows_per_file}
-    root = out / "data" / (f"synth-{rows}-s{seed}" + (f"-f{rows_per_file}" if layout else ""))
+    root = synthetic_root(out, rows, seed, rows_per_file)
     if not (root / MANIFEST).is_file():
         started = time.perf_counter()
         synthesize(root, rows, seed=seed, overwrite=True, processes=cores(), **layout)
         print(f"[bench] generated {rows} rows at {root} in {time.perf_counter() - started:.0f}s", flush=True)
     return root
+
+
+def synthetic_root(out: Path, rows: int, seed: int = 0, rows_per_file: int | None = None) -> Path:
+    """Where ``synthetic`` keeps that log under ``out``."""
+    return out / "data" / (f"synth-{rows}-s{seed}" + (f"-f{rows_per_file}" if rows_per_file is not None else ""))
+
+
+def measured_child(module: str, args: list[str], log: Path, env: dict[str, str] | None = None) -> dict[str, object]:
+    """``python -m MODULE ARGS`` in a fresh interpreter (``env`` added to this one's), its output in ``log``;
+    the last JSON object it printed, its wall seconds, and the peak memory of its whole process tree
+    (``TreeMemory``: Ray's processes are its descendants and inherit ``env``)."""
+    import json
+    import subprocess
+    import sys
+
+    started = time.perf_counter()
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            cwd=REPO,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+        with TreeMemory(proc.pid, interval=0.5) as memory:
+            code = proc.wait()
+    if code != 0:
+        raise RuntimeError(f"{module} {' '.join(args)} failed ({code}); see {log}")
+    lines = [line for line in log.read_text().splitlines() if line.startswith("{")]
+    return {**json.loads(lines[-1]), "wall_seconds": round(time.perf_counter() - started, 1), **memory.as_mib()}
 
 
 def stream_inputs(root: Path, work: Path, bank_size: int) -> tuple[Path, Path]:

@@ -27,13 +27,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, TreeMemory, load_average, loaded, ratio, stream_inputs, synthetic
+from benchmarks.common import REPO, load_average, loaded, measured_child, ratio, stream_inputs, synthetic
 
 BANK_SIZE = 8
 # The candidate causes of the read workers' growth, each one more pass over the large log (full runs):
@@ -54,22 +51,7 @@ def _prepare(out: Path, rows: int, rows_per_file: int | None = None) -> list[str
 
 def _measure(out: Path, rows: int, args: list[str], env: dict[str, str] | None = None) -> dict[str, object]:
     log = Path(args[args.index("--teacher") + 1]).parent / "child.log"
-    started = time.perf_counter()
-    with open(log, "w") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.memory", *args],
-            cwd=REPO,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},  # Ray's processes inherit it from the child
-        )
-        with TreeMemory(proc.pid, interval=0.5) as memory:
-            code = proc.wait()
-    if code != 0:
-        raise RuntimeError(f"benchmarks.memory child failed ({code}); see {log}")
-    lines = [line for line in log.read_text().splitlines() if line.startswith('{"rows"')]
-    child = json.loads(lines[-1])
-    result = {"dataset_rows": rows, **child, "wall_seconds": round(time.perf_counter() - started, 1), **memory.as_mib()}
+    result = {"dataset_rows": rows, **measured_child("benchmarks.memory", args, log, env)}
     print(f"[bench] memory {rows}: {result}", flush=True)
     return result
 
@@ -139,18 +121,18 @@ def _train_file_rows(out: Path, rows: int) -> int:
 
 
 def child(root: str, teacher: str, bank: str, batch_size: int, ray_settings: list[str]) -> dict[str, object]:
-    """One streamed pass over the training logs in a fresh embedded Ray (run in a subprocess), with
-    ``ray.*`` overrides (``data_block_mib=16``) on the local defaults."""
+    """One streamed pass over the training logs in a fresh embedded Ray (run in a subprocess): the ``ray``
+    settings of ``jobs/local.yaml`` with overrides (``data_block_mib=128``)."""
     from distrec.loopback import bind_local_ray_to_loopback
 
     bind_local_ray_to_loopback()
-    from distrec.config import RayConfig
+    from distrec.config import load_config
     from distrec.data.schema import Manifest
     from distrec.orchestrate.pipeline import ray_session
 
     manifest = Manifest.read(root)
     files = [str(f) for f in manifest.files(root, "train")]
-    settings = RayConfig(**{k: int(v) if v.isdigit() else v for k, v in (s.split("=", 1) for s in ray_settings)})
+    settings = load_config(REPO / "jobs" / "local.yaml", [f"ray.{s}" for s in ray_settings]).ray
     with ray_session(settings):
         result = stream_pass(manifest, files, teacher, Path(bank), batch_size)
     if result["rows"] != manifest.rows["train"]:

@@ -220,7 +220,7 @@ def _reading(details: dict[str, dict[str, object]], info: dict[str, object]) -> 
             f"**(h) many files vs few {h.get('ratio')}** ({_n(h.get('many_rows_per_s'))} vs "
             f"{_n(h.get('few_rows_per_s'))} rows/s over {files.get('many')} vs {files.get('few')} files of the "  # type: ignore[union-attr]
             "same rows). Small files share Ray Data read tasks (`distrec.orchestrate.stream.read_tasks`: about "
-            "32 MiB of Parquet a task, at least two per CPU slot; before, every file was a task of its own, "
+            "32 MiB of Parquet a task, at least 16 per CPU slot; before, every file was a task of its own, "
             "0.564 in session 11's full run). What is left is per file whatever the tasks: each file is opened, "
             "its footer read and its row groups decoded on their own, and here a file holds about 70 rows, so "
             "a many-file log still pays that on every pass; `distrec data compact DIR` and the importer's "

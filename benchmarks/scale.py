@@ -26,32 +26,15 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from benchmarks.common import REPO, TreeMemory, cores, load_average, loaded, ratio, synthetic
+from benchmarks.common import REPO, cores, load_average, loaded, measured_child, ratio, synthetic, synthetic_root
 
 ROWS, TRAIN_ROWS, REFERENCE_ROWS = 100_000_000, 20_000_000, 1_000_000
 QUICK = (4_000_000, 2_000_000, 1_000_000)  # --only i --quick: the same steps at a size that runs in minutes
 BANK_SIZE, BANK_GROUPS = 64, 8
-
-
-def _measured(args: list[str], log: Path) -> dict[str, object]:
-    """``python -m benchmarks.scale ARGS`` in a fresh interpreter; its last JSON line plus its tree's memory."""
-    started = time.perf_counter()
-    with open(log, "w") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.scale", *args], cwd=REPO, stdout=sink, stderr=subprocess.STDOUT
-        )
-        with TreeMemory(proc.pid, interval=0.5) as memory:
-            code = proc.wait()
-    if code != 0:
-        raise RuntimeError(f"benchmarks.scale {' '.join(args)} failed ({code}); see {log}")
-    lines = [line for line in log.read_text().splitlines() if line.startswith("{")]
-    return {**json.loads(lines[-1]), "wall_seconds": round(time.perf_counter() - started, 1), **memory.as_mib()}
 
 
 def _generated(out: Path, rows: int) -> tuple[Path, dict[str, object]]:
@@ -60,10 +43,11 @@ def _generated(out: Path, rows: int) -> tuple[Path, dict[str, object]]:
     from distrec.data.schema import MANIFEST
     from distrec.io import atomic_write_json
 
-    root = out / "data" / f"synth-{rows}-s0"
+    root = synthetic_root(out, rows)
     figures = root.with_name(root.name + ".generation.json")
     if not (root / MANIFEST).is_file() or not figures.is_file():
-        result = _measured(["generate", "--root", str(root), "--rows", str(rows)], out / f"scale-generate-{rows}.log")
+        args = ["generate", "--root", str(root), "--rows", str(rows)]
+        result = measured_child("benchmarks.scale", args, out / f"scale-generate-{rows}.log")
         result["rows_per_s"] = round(rows / float(result["seconds"]))  # type: ignore[arg-type]
         atomic_write_json(figures, result)
     return root, json.loads(figures.read_text())
@@ -80,7 +64,7 @@ def run(out: Path, quick: bool) -> dict[str, object]:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         args = ["job", "--root", str(data.resolve()), "--train-rows", str(limit), "--work", str(work)]
-        jobs[name] = _measured(args, work / "job.log")
+        jobs[name] = measured_child("benchmarks.scale", args, work / "job.log")
         print(f"[bench] scale {name}: {jobs[name]}", flush=True)
     big, small = jobs["scale"], jobs["reference"]
     return {
