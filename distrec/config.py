@@ -242,6 +242,9 @@ class NightlyConfig:
 
     window_days: int = 3  # train on the days [date - window_days, date - 1]; ``date`` is held out
     first_night: str = "cold_start"  # no champion yet: cold_start (floors only) | refuse
+    # A night with a champion continues from its exports; false retrains from scratch every night (for
+    # train.epochs), still gated against the champion: a periodic full retrain, or a warm start's baseline.
+    warm_start: bool = True
     warm_epochs: int = 0  # train.epochs of a warm-started night (0: train.epochs)
     model: str = "student"  # the model that is gated and served; every export is registered with it
     median_days: int = 7  # the trailing days whose median row count bounds the date's

@@ -128,6 +128,22 @@ def test_cold_start_then_warm_start_promotes(store: Path, two_nights: tuple[Path
     assert {"models/student/model.json", "models/student/weights.pt"} <= artifacts
 
 
+def test_retrain_from_scratch_is_gated_against_the_champion(ray_local: None, store: Path, tmp_path: Path) -> None:
+    """``nightly.warm_start=false``: with a champion, the night trains every model from scratch for
+    ``train.epochs`` (not ``warm_epochs``), and is still gated against that champion."""
+    runs = tmp_path / "runs"
+    assert night(store, runs, DAYS[1], "train.epochs=1") == 0
+    assert night(store, runs, DAYS[2], "nightly.warm_start=false") == 0
+    registry = Registry(load_config("jobs/nightly.yaml", overrides(store, runs)).registry, runs)
+    assert registry.alias(CHAMPION) == "2" and registry.version("2").tags["warm_start_from"] == ""
+    run2 = run_dir_of(registry, runs, "2")
+    saved = load_config(run2 / "config.yaml")
+    assert saved.student.warm_start is None and saved.teachers[0].warm_start is None
+    assert saved.train.epochs == 2  # train.epochs, where a warm night would run nightly.warm_epochs=1
+    gates = json.loads((run2 / "gates.json").read_text())
+    assert gates["champion"] == "1" and all(g["champion"] is not None for g in gates["gates"])
+
+
 @pytest.mark.slow
 def test_bad_day_bad_challenger_killed_driver_rollback_and_noop(
     store: Path, two_nights: tuple[Path, list[int]], tmp_path: Path, capsys: pytest.CaptureFixture[str]

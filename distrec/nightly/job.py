@@ -9,7 +9,8 @@
    the date as train and valid, and the date itself, held out, as test_id and test_ood.
 3. The pipeline's own stages (``distrec.orchestrate.pipeline.run``) under the run id
    ``nightly-<date>-<config hash>``: a retry resumes the partial run. Teachers, base and student
-   warm-start from the champion's exports, for ``warm_epochs`` epochs.
+   warm-start from the champion's exports, for ``warm_epochs`` epochs (unless ``warm_start`` is false:
+   a retrain from scratch, gated against the champion all the same).
 4. Gates (``distrec.nightly.gates``) of the challenger against the champion, both evaluated on the
    held-out date, written to ``gates.json`` and report.md whatever the outcome.
 5. The run is logged to MLflow, registered as a version tagged with the date, window, config hash,
@@ -217,7 +218,8 @@ def nightly(config: Config, date: str, force: bool = False) -> Outcome:
     window_view(store, manifest, window, date, view)
     run_config = replace(config, run_id=run_id, data=replace(config.data, path=str(view)))
     exports = registry.download(champion) if champion else None
-    if exports is not None:
+    warm_from = champion if exports is not None and config.nightly.warm_start else None
+    if warm_from:
         run_config = _warm(run_config, exports, config.nightly.warm_epochs)
     run_dir = runs / run_id
     if not run_dir.is_dir():
@@ -245,7 +247,7 @@ def nightly(config: Config, date: str, force: bool = False) -> Outcome:
         "config_hash": key,
         "source_commit": source_commit(),
         "run_id": run_id,
-        "warm_start_from": champion or "",
+        "warm_start_from": warm_from or "",
         "force": str(force).lower(),
     }
     mlflow_id = registry.log_run(run_dir, tags)
