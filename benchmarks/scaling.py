@@ -18,6 +18,7 @@ import shutil
 import uuid
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from benchmarks.common import REPO, interleave, load_average, loaded, median, ratio, spread, synthetic
 
@@ -26,8 +27,9 @@ from benchmarks.common import REPO, interleave, load_average, loaded, median, ra
 COMPUTE_BOUND = {"dim": 64, "hidden": [512, 256]}
 
 
-def fit_throughput(task: object, out: Path, dataset: object = None) -> float:
-    """rows / seconds as the trainer reports them, from a fresh storage path (no resuming)."""
+def fit_metrics(task: object, out: Path, dataset: object = None) -> dict[str, Any]:
+    """The trainer's final metrics (``rows``, ``seconds``, ``timers``) of a fit from a fresh storage
+    path (no resuming)."""
     from distrec.orchestrate.trainers import fit
 
     storage = (out / "ray" / uuid.uuid4().hex[:8]).resolve()
@@ -36,6 +38,12 @@ def fit_throughput(task: object, out: Path, dataset: object = None) -> float:
     finally:
         shutil.rmtree(storage, ignore_errors=True)
     print(f"[bench] {task.model.name}: {metrics['rows']} rows in {metrics['seconds']:.1f}s", flush=True)  # type: ignore[attr-defined]
+    return metrics
+
+
+def fit_throughput(task: object, out: Path, dataset: object = None) -> float:
+    """rows / seconds as the trainer reports them."""
+    metrics = fit_metrics(task, out, dataset)
     return metrics["rows"] / metrics["seconds"]
 
 

@@ -16,6 +16,7 @@ bound, and ``reached`` is false.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -53,6 +54,7 @@ def run(out: Path, quick: bool) -> dict[str, object]:
         rows, users, items, dim, hidden, batch, cold_epochs = 50_000, 2_000, 1_000, 16, 64, 1_024, (1, 2, 4, 8)
     champion_epochs = 2
     root = (out / "warm_vs_cold").resolve()
+    shutil.rmtree(root, ignore_errors=True)  # an earlier run's registries would make every night a no-op
     store = root / "days"
     synthesize_days(store, 3, rows, users=users, items=items, seed=5, overwrite=True)
     days = [f"2026-01-0{d}" for d in (1, 2, 3)]

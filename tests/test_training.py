@@ -54,6 +54,10 @@ def test_every_row_trained_exactly_once_per_epoch(
     assert metrics["epoch"] == 1
     assert metrics["rows"] == 2 * manifest.rows["train"]  # two epochs
     assert 0.3 < metrics["train_loss"] < 0.69
+    # each epoch's first step (waiting for the data to flow) is timed apart from the steady steps
+    timers = metrics["timers"]
+    assert timers["first_step"] > 0 and timers["train_step"] > 0
+    assert timers["first_step"] + timers["train_step"] < metrics["seconds"]
 
 
 def test_export_loads_unsharded_and_ranks_better_than_chance(

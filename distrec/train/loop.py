@@ -303,7 +303,7 @@ class Worker:
         every = task.train.checkpoint_every if self.reader is not None else 0
         self.training.dmp.train()
         self.schedule.apply(self.progress.global_step)
-        for out in self._outputs(batches, "train_step"):
+        for out in self._outputs(batches, "train_step", first="first_step"):
             live = out.weights.sum()
             totals[0] += (out.loss * live).double()
             totals[1] += live.double()
@@ -340,14 +340,20 @@ class Worker:
         report |= {"rows": p.rows * self.world, "loss": loss, "auc": auc, "best_epoch": p.best_epoch}
         board.update.remote(self.task.model.name, {**report, "elapsed": now - self.training_started, "status": status})
 
-    def _outputs(self, batches: Iterator[Any], timer: str) -> Iterator[Any]:
-        """The pipeline's ``StepOutput`` for each batch (a step when the model is in train mode)."""
+    def _outputs(self, batches: Iterator[Any], timer: str, first: str | None = None) -> Iterator[Any]:
+        """The pipeline's ``StepOutput`` for each batch (a step when the model is in train mode).
+
+        The first step is timed as ``first`` where given: it waits for the data to start flowing (a
+        stream's scorers loading their teachers, the reader's first chunk), so ``timer`` times the
+        steady state."""
+        name = first or timer
         while True:
-            with self.timed(timer):
+            with self.timed(name):
                 try:
                     out = self.pipeline.progress(batches)
                 except StopIteration:
                     return
+            name = timer
             yield out
 
     def validate(self) -> dict[str, float]:
