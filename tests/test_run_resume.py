@@ -103,7 +103,9 @@ def test_a_student_tune_over_the_bank_scores_each_trials_soft_labels(
 
     root, manifest = tiny_dataset
     space = "tune.space={distill.bank_size: [2, 8]}"
-    args = ["tune", "jobs/local.yaml", f"data.path={root}", f"runs_dir={tmp_path}", "run_id=t", *TINY, space]
+    # a relative runs_dir (as the default is): each trial scores from the teachers under it, in its own directory
+    runs = os.path.relpath(tmp_path)
+    args = ["tune", "jobs/local.yaml", f"data.path={root}", f"runs_dir={runs}", "run_id=t", *TINY, space]
     args += ["tune.target=student"]
     assert main(args) == 0
     run = tmp_path / "t"

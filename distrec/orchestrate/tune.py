@@ -132,6 +132,8 @@ def tune(config: Config) -> Path:
     check_target(config)
     started = time.perf_counter()
     ctx = open_run(config)
+    # Ray Tune runs each trial in a working directory of its own: the trials need absolute paths
+    ctx = replace(ctx, run_dir=ctx.run_dir.resolve(), root=ctx.root.resolve())
     rescore = config.tune.target == "student" and any(key in SCORING_KEYS for key in space)
     with ray_session(config.ray):
         soft_labels = None
