@@ -11,8 +11,8 @@ sampled for PSS (``TreeMemory``), as in (e):
   ``jobs/local.yaml`` (its workers and batch size, one epoch, validated on the log's valid split) over
   the first training files that hold ``TRAIN_ROWS`` rows, exports it, writes a history bank of the
   demo's size and streams the teacher's front-door column over the same files into ``BatchBuilder``
-  (``benchmarks.memory.stream_pass``; the bank in ``BANK_GROUPS`` random groups, the config's
-  ``distill.bank_groups``, which keeps one pass over 20M rows to minutes on 2 cores).
+  (``benchmarks.memory.stream_pass``; the demo's ``distill.bank_size`` and ``distill.bank_groups``: a
+  row scored against 8 of 64 histories keeps one pass over 20M rows to minutes on 2 cores).
 - the same job on the 1M-row synthetic log (all of its 700,000 training rows): the reference.
 
 ``ratio`` is the job's peak PSS at scale over the reference's (target: at most 1.3); rows/s of the
@@ -34,7 +34,6 @@ from benchmarks.common import REPO, cores, load_average, loaded, measured_child,
 
 ROWS, TRAIN_ROWS, REFERENCE_ROWS = 100_000_000, 20_000_000, 1_000_000
 QUICK = (4_000_000, 2_000_000, 1_000_000)  # --only i --quick: the same steps at a size that runs in minutes
-BANK_SIZE, BANK_GROUPS = 64, 8
 
 
 def _generated(out: Path, rows: int) -> tuple[Path, dict[str, object]]:
@@ -77,7 +76,7 @@ def run(out: Path, quick: bool) -> dict[str, object]:
         "stream_rows_per_s": big["stream_rows_per_s"],
         "peak_pss_mib": big["peak_pss_sum_mib"],
         "reference_peak_pss_mib": small["peak_pss_sum_mib"],
-        "bank": {"size": BANK_SIZE, "groups": BANK_GROUPS},
+        "bank": big["bank"],
         "generation": generation,
         "scale": big,
         "reference": small,
@@ -127,8 +126,9 @@ def job(root: Path, train_rows: int, work: Path) -> dict[str, object]:
         export = work / "teacher"
         trained.checkpoint.to_directory(str(export))
         shutil.rmtree(export / "dcp", ignore_errors=True)
-        bank = write_history_bank(manifest, str(root), BANK_SIZE, 0, work / "bank.parquet")
-        stream = stream_pass(manifest, files, str(export), bank, config.distill.score_batch_size, BANK_GROUPS)
+        distill = config.distill
+        bank = write_history_bank(manifest, str(root), distill.bank_size, 0, work / "bank.parquet")
+        stream = stream_pass(manifest, files, str(export), bank, distill.score_batch_size, distill.bank_groups)
     if stream["rows"] != rows:
         raise RuntimeError(f"streamed {stream['rows']} rows, expected {rows}")
     loop = trained.metrics
@@ -141,6 +141,7 @@ def job(root: Path, train_rows: int, work: Path) -> dict[str, object]:
         "valid_auc": round(float(loop["valid_auc"]), 4),
         "stream_seconds": stream["seconds"],
         "stream_rows_per_s": stream["rows_per_s"],
+        "bank": {"size": distill.bank_size, "groups": distill.bank_groups},
     }
 
 
