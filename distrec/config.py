@@ -144,8 +144,9 @@ class CRLConfig:
 
     beta 1 on the score: the best of beta in {0.1, 0.3, 1, 3} x both representations on the synthetic
     default's random-exposure validation split (``distrec tune ... train.valid_split=valid_random``,
-    the student, seed 0; docs/results.md). Choosing on ``valid`` would always pick beta 0: the logging
-    policy's own split rewards the confounded fit.
+    the student, seed 0; docs/results.md), and again of {0.5, 1, 2} for crl at the chosen critic
+    (critic_lr 3e-2; session 13). Choosing on ``valid`` would always pick beta 0: the logging policy's
+    own split rewards the confounded fit.
     """
 
     beta: float = 1.0
