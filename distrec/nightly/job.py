@@ -218,8 +218,9 @@ def nightly(config: Config, date: str, force: bool = False) -> Outcome:
     window_view(store, manifest, window, date, view)
     run_config = replace(config, run_id=run_id, data=replace(config.data, path=str(view)))
     exports = registry.download(champion) if champion else None
-    warm_from = champion if exports is not None and config.nightly.warm_start else None
-    if warm_from:
+    warm_from = None  # the champion this night continues from, if any
+    if exports is not None and config.nightly.warm_start:
+        warm_from = champion
         run_config = _warm(run_config, exports, config.nightly.warm_epochs)
     run_dir = runs / run_id
     if not run_dir.is_dir():
