@@ -7,8 +7,10 @@ Both sides are one epoch of the ``jobs/local.yaml`` student (BCE + front-door KD
   adding its front-door column, at the job's bank size and ``distill.bank_groups``) passed to ``fit``:
   scoring runs concurrently with training.
 - ``precomputed``: the same stream written to Parquet once beforehand (not timed; cached under the
-  output directory, keyed by the teachers' weights and the bank), then ``ray.data.read_parquet``
-  of it (the student's columns only) passed to ``fit``.
+  output directory, keyed by the teachers' weights and the bank), then read by the student's own
+  file reader (``train_files``, each rank its share), as ``distrec run`` trains every student on the
+  soft labels it scored once. (Until session 13 this side read them through Ray Data, whose read
+  ramps up after the first batch: at 210,000 rows that put the stream above it in the steady state.)
 
 The teachers are freshly initialised exports of the ``jobs/local.yaml`` teachers (DeepFM, DCN):
 scoring costs the same whatever the weights, and this skips training them. The headline is the
@@ -119,8 +121,6 @@ def _stream_alone(dataset: object, batch_size: int) -> tuple[float, float]:
 
 
 def run(out: Path, quick: bool) -> dict[str, object]:
-    import ray
-
     from distrec.config import load_config
     from distrec.data.batch import BatchBuilder
     from distrec.data.schema import Manifest
@@ -128,7 +128,7 @@ def run(out: Path, quick: bool) -> dict[str, object]:
     from distrec.orchestrate.stream import front_door_column, soft_label_stream, write_history_bank
     from distrec.train.loop import WorkerTask
 
-    rows = 100_000 if quick else 500_000
+    rows = 300_000 if quick else 500_000  # quick: enough steps (100 a rank) for the steady state to mean one
     repeats = 2 if quick else 3  # each round is whole TorchTrainer fits: quick keeps two
     config = load_config(REPO / "jobs" / "local.yaml")
     root = synthetic(out, rows)
@@ -164,12 +164,13 @@ def run(out: Path, quick: bool) -> dict[str, object]:
     epoch: dict[str, list[float]] = defaultdict(list)  # per side: the whole epoch's rows/s
     first_step: dict[str, list[float]] = defaultdict(list)  # per side: seconds of the epoch's first step
 
-    def side(name: str, dataset: object) -> float:
+    def side(name: str, dataset: object = None, train_files: list[str] | None = None) -> float:
         """The steady rows/s of one student epoch (module docstring), recording the rest."""
         task = WorkerTask(
             model=config.student,
             train=replace(config.train, epochs=1),
             dataset=str(root.resolve()),
+            train_files=train_files,
             soft_label_columns=soft,
             distill=config.distill,
             crl=config.crl,
@@ -182,7 +183,9 @@ def run(out: Path, quick: bool) -> dict[str, object]:
 
     sides = {
         "stream": lambda: side("stream", stream()),
-        "precomputed": lambda: side("precomputed", ray.data.read_parquet(str(precomputed), columns=columns + soft)),
+        "precomputed": lambda: side(
+            "precomputed", train_files=sorted(str(f.resolve()) for f in precomputed.glob("*.parquet"))
+        ),
         "scoring": scoring,
     }
     if not quick:  # the sides that explain the ratio
