@@ -9,8 +9,7 @@ Both sides are one epoch of the ``jobs/local.yaml`` student (BCE + front-door KD
 - ``precomputed``: the same stream written to Parquet once beforehand (not timed; cached under the
   output directory, keyed by the teachers' weights and the bank), then read by the student's own
   file reader (``train_files``, each rank its share), as ``distrec run`` trains every student on the
-  soft labels it scored once. (Until session 13 this side read them through Ray Data, whose read
-  ramps up after the first batch: at 210,000 rows that put the stream above it in the steady state.)
+  soft labels it scored once.
 
 The teachers are freshly initialised exports of the ``jobs/local.yaml`` teachers (DeepFM, DCN):
 scoring costs the same whatever the weights, and this skips training them. The headline is the
@@ -140,19 +139,17 @@ def run(out: Path, quick: bool) -> dict[str, object]:
     bank = write_history_bank(manifest, str(root), config.distill.bank_size, config.seed, work / "bank.parquet")
     soft = [front_door_column(name) for name in teachers]
 
-    groups = config.distill.bank_groups
+    groups, batch = config.distill.bank_groups, config.distill.score_batch_size
 
     def stream(bank_groups: int = groups) -> object:
-        batch = config.distill.score_batch_size
         return soft_label_stream(files, columns, teachers, bank, batch, bank_groups=bank_groups)  # type: ignore[arg-type]
 
     inputs = [f for f in sorted((work / "teachers").rglob("*")) if f.is_file()] + [bank]
     digest = hashlib.sha1(b"".join(f.read_bytes() for f in inputs)).hexdigest()
-    precomputed = work / f"soft_labels-{digest[:10]}-g{groups}"  # keyed by the teachers' weights and the bank
+    precomputed = work / f"soft_labels-{digest[:10]}-g{groups}"  # keyed by the teachers' weights, the bank, the groups
     if not precomputed.is_dir():
         with atomic_dir(precomputed) as tmp:
             stream().write_parquet(str(tmp))  # type: ignore[attr-defined]
-    batch = config.distill.score_batch_size
     scoring = _scoring(teachers, bank, files, columns, batch, groups, split=True)
     scoring_generic = _scoring(teachers, bank, files, columns, batch, groups, split=False)
     alone: list[tuple[float, float]] = []
