@@ -3,7 +3,7 @@
 The same synthetic log (the default dataset; the same rows and values, only the file layout
 differs) written twice: with about 3,000 small training files (the shape a day-partitioned import
 of a long, sparse log takes) and with about 10. Each side is one pass of ``soft_label_stream``
-(Ray Data: read Parquet -> a ``TeacherScorer`` adding one teacher's front-door column) consumed
+(Ray Data: read Parquet (``ParquetFiles``) -> a ``SoftLabeler`` adding one teacher's front-door column) consumed
 in this process, timed from building the dataset to its last batch, so planning the reads, the
 footers and per-file tasks are all counted. The teacher is a freshly initialised DeepFM of
 ``jobs/local.yaml`` with a bank of 8, as in (e): the scoring is the same on both sides, and small,

@@ -1,7 +1,7 @@
 """(e) Peak memory of the streaming data path on a large log against a log ten times smaller.
 
 "A run" is the soft-label stream, the part of distrec that must stay bounded whatever the log size:
-``soft_label_stream`` (Ray Data: read the training Parquet -> a ``TeacherScorer`` stage adding the
+``soft_label_stream`` (Ray Data: read the training Parquet -> a ``SoftLabeler`` stage adding the
 front-door column of one teacher) consumed batch by batch into ``BatchBuilder``, as the student's
 feed does. Each size runs in a fresh interpreter with its own embedded Ray (``ray_session``, the
 local defaults), so nothing carries over. A background thread samples the summed PSS (proportional

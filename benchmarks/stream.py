@@ -3,9 +3,10 @@
 Both sides are one epoch of the ``jobs/local.yaml`` student (BCE + front-door KD + CRL) through
 ``distrec.orchestrate.trainers.fit`` with the same worker count, on the same training logs:
 
-- ``stream``: ``soft_label_stream`` (Ray Data: read Parquet -> one ``TeacherScorer`` actor per teacher
-  adding its front-door column, at the job's bank size and ``distill.bank_groups``) passed to ``fit``:
-  scoring runs concurrently with training.
+- ``stream``: ``soft_label_stream`` (Ray Data: read Parquet -> one ``SoftLabeler`` stage whose actors,
+  one per teacher, each add every teacher's front-door column, at the job's bank size,
+  ``distill.bank_groups`` and ``distill.score_batch_size``) passed to ``fit``: scoring runs concurrently
+  with training.
 - ``precomputed``: the same stream written to Parquet once beforehand (not timed; cached under the
   output directory, keyed by the teachers' weights and the bank), then read by the student's own
   file reader (``train_files``, each rank its share), as ``distrec run`` trains every student on the

@@ -122,13 +122,14 @@ class DistillConfig:
     # precompute: the Ray Data scoring stream is written once to Parquet (bounded memory) and every student
     # reads it like base reads the logs; stream: the student consumes the live stream, scored every epoch
     soft_labels: str = "precompute"
-    score_batch_size: int = 1024
+    score_batch_size: int = 4096
     schedule: str = "constant"  # constant | linear_warmup (lambda ramps from 0 over warmup_steps)
     warmup_steps: int = 0  # training steps of the linear_warmup ramp
     # Mediator samples m ~ P(m | x) per teacher and row (dropout masks on g(x); needs every teacher's
     # mediator_dropout > 0): the sum over m of the front-door formula, estimated by S samples per teacher
     mediator_samples: int = 1
-    # The scoring stage of each teacher: its actors and the CPUs (and torch threads) of each
+    # The scoring stage: its actors per teacher (each actor holds every teacher) and the CPUs (and torch
+    # threads) of each
     scorers_per_teacher: int = 1
     scorer_cpus: float = 1.0
     # Cross-fitting, F >= 2 folds (0: off): each teacher trains as F copies, copy f giving weight 0 to the rows
@@ -201,9 +202,6 @@ class RayConfig:
     # Logical CPUs of the embedded Ray: more than the physical cores, so K+1 trainers, the scoring
     # actors and Ray Data's read tasks (which only get CPUs the trainers leave free) all fit.
     num_cpus: int = 16
-    # Ray Data's Parquet datasource for the soft-label stream: v1, or v2 (Ray's default), which adds a pool
-    # of footer-reading actors to every read: scoring 7,000 rows took 19.0 s on v2 and 7.7 s on v1 (2 cores)
-    data_datasource: str = "v1"
     # The embedded Ray's object store (MiB). Ray's default is 30% of RAM, and a stream touches new pages of
     # it as it goes (its objects land at new offsets), so peak memory grew with the log, not with what was
     # in flight: 1,050 of 3,432 MiB PSS on a 10M-row stream were store pages (benchmarks (e)). Ray Data
@@ -537,13 +535,11 @@ def check_eval(evaluation: EvalConfig, tune: TuneConfig, ray: RayConfig, errors:
     errors.at_least("tune.num_samples", tune.num_samples, 1)
     errors.at_least("tune.max_concurrent_trials", tune.max_concurrent_trials, 1)
     errors.at_least("ray.num_cpus", ray.num_cpus, 1)
-    errors.choice("ray.data_datasource", ray.data_datasource, DATA_DATASOURCES)
     errors.at_least("ray.object_store_mib", ray.object_store_mib, 100)
     errors.at_least("ray.data_block_mib", ray.data_block_mib, 1)
 
 
 FIRST_NIGHT = ("cold_start", "refuse")
-DATA_DATASOURCES = ("v1", "v2")
 
 
 def check_nightly(nightly: NightlyConfig, errors: Errors) -> None:

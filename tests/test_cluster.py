@@ -195,7 +195,7 @@ class Driver:
         return self.log.read_text()[-6000:]
 
 
-SCORER = "MapWorker(MapBatches(TeacherScorer))"
+SCORER = "MapWorker(MapBatches(SoftLabeler))"
 
 
 # ----------------------------------------------------------------------------- the undisturbed run

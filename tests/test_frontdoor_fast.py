@@ -18,7 +18,13 @@ from distrec.data.schema import Manifest
 from distrec.data.synth import synthesize
 from distrec.errors import ConfigError
 from distrec.models.architectures import ARCHITECTURES, model_from_config
-from distrec.orchestrate.stream import TeacherScorer, front_door_column, write_history_bank
+from distrec.orchestrate.stream import (
+    SoftLabeler,
+    TeacherScorer,
+    conditional_column,
+    front_door_column,
+    write_history_bank,
+)
 from distrec.train.export import export_spec, write_export
 
 torch.set_num_threads(1)
@@ -79,6 +85,34 @@ def test_teacher_scorer_fast_path_equals_the_generic_path(
     generic = scorer(rows).column(front_door_column(arch)).to_numpy()
     np.testing.assert_allclose(fast, generic, rtol=1e-5, atol=1e-6)
     assert np.isfinite(fast).all() and fast.std() > 0
+
+
+def test_soft_labels_depend_on_the_batch_and_seed_not_on_what_the_scorer_scored_before(
+    dataset: tuple[Path, Manifest], tmp_path: Path
+) -> None:
+    """The stage's actors draw the bank group of each chunk from the batch's rows and the seed: a batch
+    scored after another, by a fresh actor (another of the pool, or one restarted after a crash) gets the
+    same soft labels from every teacher; another seed draws other groups."""
+    root, manifest = dataset
+    teachers = {}
+    for seed, arch in enumerate(("deepfm", "dcn")):
+        spec = ModelConfig(name=arch, arch=arch, dim=DIM, hidden=list(HIDDEN))
+        write_export(tmp_path / arch, export_spec(spec), manifest, randomised(arch, manifest, seed).state_dict())
+        teachers[arch] = str(tmp_path / arch)
+    bank = write_history_bank(manifest, str(root), 16, seed=1, out=tmp_path / "bank.parquet")
+    rows = pq.read_table(manifest.files(root, "train")[0], columns=BatchBuilder(manifest).columns)
+    first, second = rows.slice(0, 300), rows.slice(300, 300)
+
+    busy = SoftLabeler(teachers, str(bank), bank_groups=4)
+    busy(first)
+    after_first = busy(second)
+    fresh = SoftLabeler(teachers, str(bank), bank_groups=4)(second)
+    reseeded = SoftLabeler(teachers, str(bank), seed=1, bank_groups=4)(second)
+    for arch in teachers:
+        for column in (front_door_column(arch), conditional_column(arch)):
+            np.testing.assert_array_equal(after_first.column(column).to_numpy(), fresh.column(column).to_numpy())
+        fd = front_door_column(arch)
+        assert np.abs(reseeded.column(fd).to_numpy() - fresh.column(fd).to_numpy()).max() > 1e-4
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))

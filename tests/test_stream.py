@@ -18,6 +18,8 @@ from distrec.data.batch import BatchBuilder
 from distrec.data.schema import ITEM, LABEL, TS, USER, Manifest
 from distrec.models.architectures import build_model
 from distrec.orchestrate.stream import (
+    READ_CHUNK_ROWS,
+    ParquetFiles,
     conditional_column,
     front_door_column,
     read_tasks,
@@ -108,6 +110,27 @@ def test_every_row_exactly_once_with_both_teachers_columns(
         assert np.isfinite(values).all() and ((values > 0) & (values < 1)).all()
 
 
+def test_parquet_files_read_every_row_once_in_order_in_groups_of_about_equal_bytes(tmp_path: Path) -> None:
+    sizes = [5, 300, 40, 40, 900, 7, 120_000, 60]  # rows: small files joined, a large one cut into chunks
+    files, start = [], 0
+    for i, rows in enumerate(sizes):
+        files.append(str(tmp_path / f"part-{i}.parquet"))
+        ids = np.arange(start, start + rows)
+        pq.write_table(pa.table({"id": ids, "other": ids * 2}), files[-1])
+        start += rows
+    source = ParquetFiles(files, ["id"])
+    tasks = source.get_read_tasks(3)
+    groups = [task.metadata.input_files for task in tasks]
+    # contiguous, each file once; the group that reaches a third of the bytes ends with the large file
+    assert groups == [tuple(files[:7]), (files[7],)]
+    tables = [table for task in tasks for table in task.read_fn()]
+    assert all(t.column_names == ["id"] for t in tables)
+    assert max(t.num_rows for t in tables) <= READ_CHUNK_ROWS and tables[0].num_rows == sum(sizes[:6])  # joined
+    np.testing.assert_array_equal(pa.concat_tables(tables).column("id").to_numpy(), np.arange(sum(sizes)))
+    equal = ParquetFiles(files[2:4], ["id"]).get_read_tasks(5)  # files of equal bytes: one a task, at most
+    assert [task.metadata.input_files for task in equal] == [(files[2],), (files[3],)]
+
+
 def test_history_bank_samples_distinct_training_rows(tiny_dataset: tuple[Path, Manifest], tmp_path: Path) -> None:
     root, manifest = tiny_dataset
     bank = pq.read_table(write_history_bank(manifest, str(root), 50, seed=3, out=tmp_path / "bank.parquet"))
@@ -126,9 +149,10 @@ def test_small_files_share_read_tasks_and_large_ones_get_one_each(tmp_path: Path
             out.append(str(f))
         return out
 
-    many_small = files(3000, 1000)  # 3 MB in all: 16 tasks a slot, each reading about 90 files in turn
-    assert read_tasks(many_small, slots=2) == 32
-    assert read_tasks(files(10, 1000), slots=2) == 10  # a few files: one task each
+    many_small = files(3000, 1000)  # 3 MB in all: 2 tasks a slot, each reading 750 files in turn
+    assert read_tasks(many_small, slots=2) == 4
+    assert read_tasks(files(10, 1000), slots=2) == 4  # a few small files are grouped too
+    assert read_tasks(files(3, 1000), slots=2) == 3  # never more tasks than files
     mib = 2**20
     assert read_tasks(files(40, 64 * mib), slots=2) == 40  # large files: one task each
     assert read_tasks(files(400, 4 * mib), slots=2) == 50  # 1,600 MiB of small files: about 32 MiB a task

@@ -111,12 +111,10 @@ def ray_session(settings: RayConfig, log_dir: Path | None = None) -> Iterator[No
 
 
 def configure_ray_data(settings: RayConfig) -> None:
-    """This process's Ray Data settings: no progress bars (the console shows progress), the Parquet
-    datasource ``ray.data_datasource`` (Ray Data decides it where ``read_parquet`` is called) and the
-    block size ``ray.data_block_mib``."""
+    """This process's Ray Data settings: no progress bars (the console shows progress) and the block size
+    ``ray.data_block_mib``."""
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
-    context.use_datasource_v2 = settings.data_datasource == "v2"
     context.target_max_block_size = settings.data_block_mib * 2**20
 
 
@@ -363,7 +361,7 @@ def soft_labels(ctx: RunContext) -> ray.data.Dataset:
         distill.score_batch_size,
         distill.mediator_samples,
         config.seed,
-        scorers=distill.scorers_per_teacher,
+        scorers_per_teacher=distill.scorers_per_teacher,
         scorer_cpus=distill.scorer_cpus,
         bank_groups=distill.bank_groups,
     )
