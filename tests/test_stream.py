@@ -15,14 +15,12 @@ import torch
 
 from distrec.causal.frontdoor import conditional_prob, front_door_prob
 from distrec.data.batch import BatchBuilder
+from distrec.data.datasource import READ_CHUNK_ROWS, ParquetFiles, read_tasks
 from distrec.data.schema import ITEM, LABEL, TS, USER, Manifest
 from distrec.models.architectures import build_model
 from distrec.orchestrate.stream import (
-    READ_CHUNK_ROWS,
-    ParquetFiles,
     conditional_column,
     front_door_column,
-    read_tasks,
     soft_label_stream,
     write_history_bank,
 )
@@ -52,13 +50,20 @@ def identity_rows(table: pa.Table) -> np.ndarray:
 
 
 @ray.remote
-def consume(shard: object, delay: float) -> tuple[list[pa.Table], list[float]]:
-    tables, received = [], []
-    for table in shard.iter_batches(batch_size=256, batch_format="pyarrow"):  # type: ignore[attr-defined]
-        received.append(time.time())
-        tables.append(table)
-        time.sleep(delay)
-    return tables, received
+class Consumer:
+    """A slow consumer of one shard, started before the stream runs: a consumer task's own start-up (a
+    fresh worker importing torch on a loaded machine) once outlasted the whole stream of this tiny log."""
+
+    def ready(self) -> bool:
+        return True
+
+    def consume(self, shard: object, delay: float) -> tuple[list[pa.Table], list[float]]:
+        tables, received = [], []
+        for table in shard.iter_batches(batch_size=256, batch_format="pyarrow"):  # type: ignore[attr-defined]
+            received.append(time.time())
+            tables.append(table)
+            time.sleep(delay)
+        return tables, received
 
 
 def stamp(table: pa.Table) -> pa.Table:
@@ -81,8 +86,12 @@ def test_every_row_exactly_once_with_both_teachers_columns(
         stream = soft_label_stream(files, columns, exports, bank, batch_size=300).map_batches(
             stamp, batch_format="pyarrow"
         )
+        consumers = [Consumer.remote() for _ in range(2)]  # type: ignore[attr-defined]
+        ray.get([c.ready.remote() for c in consumers])
         shards = stream.streaming_split(2, equal=False)
-        (out_a, got_a), (out_b, got_b) = ray.get([consume.remote(shards[0], 0.15), consume.remote(shards[1], 0.15)])
+        (out_a, got_a), (out_b, got_b) = ray.get(
+            [c.consume.remote(s, 0.15) for c, s in zip(consumers, shards, strict=True)]
+        )
     finally:
         context.target_max_block_size = block_size
     out = pa.concat_tables(out_a + out_b)  # equal=False: one consumer may get more, or everything
