@@ -158,10 +158,16 @@ def _reading(details: dict[str, dict[str, object]], info: dict[str, object]) -> 
             f"from these timings no overlap can do much better than {c.get('shared_cores_bound')} (a rough "
             "bound: the timings are medians taken between the fits on a machine whose load varies). "
             "The stream's warm-up is a fixed cost per job, not per row: the student's first step waited "
-            f"{c.get('stream_first_step_seconds')} s on the stream (scorer actors starting, loading their "
-            f"teacher and encoding the bank) against {c.get('precomputed_first_step_seconds')} s on "
+            f"{c.get('stream_first_step_seconds')} s on the stream (scorer actors starting, loading the "
+            f"teachers and encoding the bank) against {c.get('precomputed_first_step_seconds')} s on "
             f"precomputed labels; the stream alone reaches its first batch in {c.get('first_batch_seconds')} s "
-            f"and then runs at {_n(c.get('steady_rows_per_s'))} rows/s."
+            f"and then runs at {_n(c.get('steady_rows_per_s'))} rows/s. Session 14 cut the stream's own cost "
+            "(its CPU a row, consumed alone by the driver on 700,000 rows: 19.4 us before, 11.5 with one read "
+            "task a file instead of Ray Data's split blocks, 9.6 with 4,096-row scoring calls, 7.6 with one "
+            "stage for both teachers instead of one a teacher, against about 8 for the scoring itself on one "
+            "thread). End to end, two full runs of this benchmark a few minutes apart, before the read moved "
+            "to distrec's own datasource: one stage for both teachers 0.790 (0.732-0.803), one a teacher 0.691 "
+            "(0.672-0.741)."
             + (
                 f" Against the whole bank for every row ({c.get('bank_size')} head evaluations a row) the "
                 f"stream reaches {c.get('full_bank_ratio')} "
@@ -242,12 +248,16 @@ def _reading(details: dict[str, dict[str, object]], info: dict[str, object]) -> 
         out.append(
             f"**(h) many files vs few {h.get('ratio')}** ({_n(h.get('many_rows_per_s'))} vs "
             f"{_n(h.get('few_rows_per_s'))} rows/s over {files.get('many')} vs {files.get('few')} files of the "  # type: ignore[union-attr]
-            "same rows). Small files share Ray Data read tasks (`distrec.orchestrate.stream.read_tasks`: about "
-            "32 MiB of Parquet a task, at least 16 per CPU slot; before, every file was a task of its own, "
-            "0.564 in session 11's full run). What is left is per file whatever the tasks: each file is opened, "
-            "its footer read and its row groups decoded on their own, and here a file holds about 70 rows, so "
-            "a many-file log still pays that on every pass; `distrec data compact DIR` and the importer's "
-            "`partition=auto` keep a dataset's files large."
+            "same rows). The stream reads with distrec's own Ray Data datasource "
+            "(`distrec.data.datasource.ParquetFiles`): small files share read tasks (about 32 MiB of Parquet "
+            "a task, at least 2 per CPU slot), and each task reads its files in turn with pyarrow's "
+            "`ParquetFile`, joining small ones into chunks of up to 16,384 rows. History: every file a task of "
+            "its own through `ray.data.read_parquet`, 0.564 (session 11); files sharing its tasks, 0.69 "
+            "(session 12); this datasource, session 14 (`read_parquet` read 35,000-49,000 rows/s over these "
+            "3,000 files where it reads 77,000-107,000, read alone). What is left is per file: each file is "
+            "opened, its footer read and its row groups decoded on their own, and here a file holds about 70 "
+            "rows, so a many-file log still pays that on every pass; `distrec data compact DIR` and the "
+            "importer's `partition=auto` keep a dataset's files large."
         )
     if i := details.get("i", {}):
         big: dict = i.get("scale", {})  # type: ignore[assignment]

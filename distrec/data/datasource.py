@@ -20,7 +20,7 @@ from ray.data.block import BlockMetadata
 
 READ_TASK_BYTES = 32 * 2**20  # of Parquet per read task, at most, where the files are smaller than that
 READ_TASKS_PER_SLOT = 2  # at least: a read task streams its blocks as it reads, so two a slot keep it busy
-READ_CHUNK_ROWS = 65_536  # rows a read task decodes and hands on at a time, whatever the files' sizes
+READ_CHUNK_ROWS = 16_384  # rows a read task decodes and hands on at a time (about 4 MiB of the synthetic log)
 
 
 def read_tasks(files: Sequence[str], slots: int) -> int:
