@@ -80,10 +80,10 @@ def _scoring(
     import pyarrow.parquet as pq
     import torch
 
-    from distrec.orchestrate.stream import TeacherScorer
+    from distrec.orchestrate.stream import ScoringOptions, TeacherScorer
 
     threads = torch.get_num_threads()
-    scorers = [TeacherScorer(export, str(bank), bank_groups=groups) for export in teachers.values()]  # type: ignore[arg-type]
+    scorers = [TeacherScorer(export, ScoringOptions(str(bank), bank_groups=groups)) for export in teachers.values()]  # type: ignore[arg-type]
     if not split:
         for scorer in scorers:
             scorer.bank = [(direct, None) for direct, _ in scorer.bank]

@@ -24,6 +24,7 @@ from distrec.models.architectures import build_model
 from distrec.orchestrate.pipeline import open_run, score_soft_labels, train_teachers
 from distrec.orchestrate.stream import (
     CrossFittedScorer,
+    ScoringOptions,
     TeacherScorer,
     conditional_column,
     front_door_column,
@@ -85,7 +86,7 @@ def test_training_and_scoring_assign_the_same_folds(tiny_dataset: tuple[Path, Ma
     # scoring side: three copies of one teacher, each row scored by the copy of its fold
     exports = [export(hashed, tmp_path / name, seed) for seed, name in enumerate(["t", "t__fold1", "t__fold2"])]
     bank = write_history_bank(manifest, str(root), 16, seed=0, out=tmp_path / "bank.parquet")
-    scorer = CrossFittedScorer(exports, str(bank))
+    scorer = CrossFittedScorer(exports, ScoringOptions(str(bank)))
     order = np.random.default_rng(0).permutation(rows.num_rows)
     shuffled = rows.take(pa.array(order))
     scored = pa.concat_tables(scorer(shuffled.slice(lo, 700)) for lo in range(0, rows.num_rows, 700))
@@ -97,7 +98,8 @@ def test_training_and_scoring_assign_the_same_folds(tiny_dataset: tuple[Path, Ma
     fd, kd = (scored.column(c(scorer.name)).to_numpy() for c in (front_door_column, conditional_column))
     assert scorer.name == "t"
     for fold, directory in enumerate(exports):
-        own, other = TeacherScorer(directory, str(bank)), TeacherScorer(exports[(fold + 1) % 3], str(bank))
+        options = ScoringOptions(str(bank))
+        own, other = TeacherScorer(directory, options), TeacherScorer(exports[(fold + 1) % 3], options)
         mine = np.flatnonzero(folds == fold)
         expected = own.score(shuffled.take(pa.array(mine)))
         np.testing.assert_allclose(fd[mine], expected[0], rtol=1e-5)

@@ -19,6 +19,7 @@ from distrec.data.synth import synthesize
 from distrec.errors import ConfigError
 from distrec.models.architectures import ARCHITECTURES, model_from_config
 from distrec.orchestrate.stream import (
+    ScoringOptions,
     SoftLabeler,
     TeacherScorer,
     conditional_column,
@@ -79,7 +80,7 @@ def test_teacher_scorer_fast_path_equals_the_generic_path(
     bank = write_history_bank(manifest, str(root), 16, seed=1, out=tmp_path / "bank.parquet")
     rows = pq.read_table(manifest.files(root, "train")[0], columns=BatchBuilder(manifest).columns).slice(0, 300)
 
-    scorer = TeacherScorer(str(tmp_path / "teacher"), str(bank))
+    scorer = TeacherScorer(str(tmp_path / "teacher"), ScoringOptions(str(bank)))
     fast = scorer(rows).column(front_door_column(arch)).to_numpy()
     scorer.bank = [(direct, None) for direct, _ in scorer.bank]  # the generic broadcast path
     generic = scorer(rows).column(front_door_column(arch)).to_numpy()
@@ -103,11 +104,11 @@ def test_soft_labels_depend_on_the_batch_and_seed_not_on_what_the_scorer_scored_
     rows = pq.read_table(manifest.files(root, "train")[0], columns=BatchBuilder(manifest).columns)
     first, second = rows.slice(0, 300), rows.slice(300, 300)
 
-    busy = SoftLabeler(teachers, str(bank), bank_groups=4)
+    busy = SoftLabeler(teachers, ScoringOptions(str(bank), bank_groups=4))
     busy(first)
     after_first = busy(second)
-    fresh = SoftLabeler(teachers, str(bank), bank_groups=4)(second)
-    reseeded = SoftLabeler(teachers, str(bank), seed=1, bank_groups=4)(second)
+    fresh = SoftLabeler(teachers, ScoringOptions(str(bank), bank_groups=4))(second)
+    reseeded = SoftLabeler(teachers, ScoringOptions(str(bank), seed=1, bank_groups=4))(second)
     for arch in teachers:
         for column in (front_door_column(arch), conditional_column(arch)):
             np.testing.assert_array_equal(after_first.column(column).to_numpy(), fresh.column(column).to_numpy())

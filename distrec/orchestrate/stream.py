@@ -20,6 +20,7 @@ and scores each row with the copy that did not train on it (``CrossFittedScorer`
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,22 @@ def conditional_column(teacher: str) -> str:
     return f"kd__{teacher}"
 
 
+@dataclass(frozen=True)
+class ScoringOptions:
+    """How every scorer of a stream scores: the history bank, the draws and the threads.
+
+    ``mediator_samples`` draws of each teacher's stochastic mediator are averaged per row;
+    ``bank_groups`` > 1 scores each chunk of rows against one random group of the bank
+    (``sampled_front_door_prob``); ``seed`` seeds the groups and the draws.
+    """
+
+    bank_path: str
+    mediator_samples: int = 1
+    seed: int = 0
+    threads: int = 1
+    bank_groups: int = 1
+
+
 class TeacherScorer:
     """One teacher's soft-label columns for a batch (a part of ``SoftLabeler``, the stage).
 
@@ -61,28 +78,20 @@ class TeacherScorer:
     run where the stream is read in order (``preserve_order``, as ``distrec run`` scores it once).
     """
 
-    def __init__(
-        self,
-        export_dir: str,
-        bank_path: str,
-        mediator_samples: int = 1,
-        seed: int = 0,
-        threads: int = 1,
-        bank_groups: int = 1,
-    ) -> None:
+    def __init__(self, export_dir: str, options: ScoringOptions) -> None:
         from distrec.train.export import load_export
 
-        torch.set_num_threads(threads)
+        torch.set_num_threads(options.threads)
         self.model, spec, manifest = load_export(export_dir)
         self.name = spec["name"]
         self.builder = BatchBuilder(manifest)
-        self.mediator_samples = mediator_samples
-        self.seed = seed
-        bank = pq.read_table(bank_path, columns=self.builder.columns)
+        self.mediator_samples = options.mediator_samples
+        self.seed = options.seed
+        bank = pq.read_table(options.bank_path, columns=self.builder.columns)
         with torch.no_grad():
             # the bank's share of the head, once (per group of the bank with distill.bank_groups)
             direct = self.model.encode(self.builder(bank)).direct
-            self.bank = split_bank(direct, bank_groups, seed, self.model.bank_head)
+            self.bank = split_bank(direct, options.bank_groups, options.seed, self.model.bank_head)
 
     def __call__(self, table: pa.Table) -> pa.Table:
         return with_soft_labels(table, self.name, *self.score(table))
@@ -109,16 +118,8 @@ class CrossFittedScorer:
     and each row is scored by the copy of its fold (``distrec.train.feed.row_folds``, as in training), into
     the teacher's columns (named after copy 0, which carries the teacher's name)."""
 
-    def __init__(
-        self,
-        export_dirs: Sequence[str],
-        bank_path: str,
-        mediator_samples: int = 1,
-        seed: int = 0,
-        threads: int = 1,
-        bank_groups: int = 1,
-    ) -> None:
-        self.copies = [TeacherScorer(d, bank_path, mediator_samples, seed, threads, bank_groups) for d in export_dirs]
+    def __init__(self, export_dirs: Sequence[str], options: ScoringOptions) -> None:
+        self.copies = [TeacherScorer(d, options) for d in export_dirs]
         self.name = self.copies[0].name
 
     def __call__(self, table: pa.Table) -> pa.Table:
@@ -135,18 +136,9 @@ class SoftLabeler:
     """Ray Data stage: adds every teacher's soft-label columns to each batch. ``teachers`` maps each
     teacher's name to its export directory, or to its cross-fitted copies' in fold order."""
 
-    def __init__(
-        self,
-        teachers: Mapping[str, str | Sequence[str]],
-        bank_path: str,
-        mediator_samples: int = 1,
-        seed: int = 0,
-        threads: int = 1,
-        bank_groups: int = 1,
-    ) -> None:
-        args = (bank_path, mediator_samples, seed, threads, bank_groups)
+    def __init__(self, teachers: Mapping[str, str | Sequence[str]], options: ScoringOptions) -> None:
         self.scorers = [
-            TeacherScorer(copies[0], *args) if len(copies) == 1 else CrossFittedScorer(copies, *args)
+            TeacherScorer(copies[0], options) if len(copies) == 1 else CrossFittedScorer(copies, options)
             for copies in ([e] if isinstance(e, str) else list(e) for e in teachers.values())
         ]
 
@@ -207,26 +199,18 @@ def soft_label_stream(
     """The lazily executed dataset the student trains on: logs plus every teacher's columns.
 
     ``teachers`` maps each teacher's name to its export directory (on storage every node sees), or to
-    its cross-fitted copies' in fold order (copy k trained without fold k; one copy: not cross-fitted);
-    ``mediator_samples`` draws of each teacher's stochastic mediator are averaged per row; the scoring
-    stage (``SoftLabeler``) runs ``scorers_per_teacher`` actors per teacher, each holding every teacher,
-    of ``scorer_cpus`` CPUs (and as many torch threads, at least one);
-    ``bank_groups`` > 1 scores each chunk of rows against one random group of the bank
-    (``sampled_front_door_prob``).
+    its cross-fitted copies' in fold order (copy k trained without fold k; one copy: not cross-fitted).
+    The scoring stage (``SoftLabeler``) runs ``scorers_per_teacher`` actors per teacher, each holding every
+    teacher, of ``scorer_cpus`` CPUs (and as many torch threads, at least one); ``mediator_samples``,
+    ``seed`` and ``bank_groups`` are its ``ScoringOptions``.
     """
+    options = ScoringOptions(str(bank_path), mediator_samples, seed, max(1, int(scorer_cpus)), bank_groups)
     slots = cpu_slots()
     tasks = read_tasks(train_files, slots)
     ds = ray.data.read_datasource(ParquetFiles(train_files, columns), concurrency=slots, override_num_blocks=tasks)
     return ds.map_batches(
         SoftLabeler,
-        fn_constructor_kwargs={
-            "teachers": dict(teachers),
-            "bank_path": str(bank_path),
-            "mediator_samples": mediator_samples,
-            "seed": seed,
-            "threads": max(1, int(scorer_cpus)),
-            "bank_groups": bank_groups,
-        },
+        fn_constructor_kwargs={"teachers": dict(teachers), "options": options},
         batch_size=batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=scorers_per_teacher * len(teachers)),
