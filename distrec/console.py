@@ -241,12 +241,3 @@ def copy_ray_logs(log_dir: Path) -> None:
     for path in source.iterdir():
         if path.is_file() and path.suffix in RAY_LOG_SUFFIXES and path.stat().st_size:
             shutil.copy2(path, target / path.name)
-
-
-def quiet_ray_worker() -> None:
-    """``worker_process_setup_hook`` of an embedded session: Ray Train's PlacementGroupCleaner asks the
-    State API every few seconds whether its controller lives; without a dashboard (distrec's embedded
-    Ray has none) every ask fails with a warning, some 60 per model. Those warnings only, at the source."""
-    import logging
-
-    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)

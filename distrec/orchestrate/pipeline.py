@@ -99,7 +99,7 @@ def ray_session(settings: RayConfig, log_dir: Path | None = None) -> Iterator[No
             runtime_env={
                 # gloo's collectives on the loopback interface: every worker is on this machine
                 "env_vars": {"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"},
-                "worker_process_setup_hook": "distrec.console.quiet_ray_worker",
+                "worker_process_setup_hook": "distrec.orchestrate.worker_hook.quiet_ray_worker",
             },
         )
     try:
