@@ -88,6 +88,19 @@ def test_teacher_scorer_fast_path_equals_the_generic_path(
     assert np.isfinite(fast).all() and fast.std() > 0
 
 
+def test_an_empty_table_gets_empty_soft_label_columns(dataset: tuple[Path, Manifest], tmp_path: Path) -> None:
+    """Ray Data never hands the stage an empty batch, but a direct caller may: TorchRec cannot split an
+    empty KJT, so the scorer answers it without the model."""
+    root, manifest = dataset
+    spec = ModelConfig(name="deepfm", arch="deepfm", dim=DIM, hidden=list(HIDDEN))
+    write_export(tmp_path / "teacher", export_spec(spec), manifest, randomised("deepfm", manifest, 0).state_dict())
+    bank = write_history_bank(manifest, str(root), 16, seed=1, out=tmp_path / "bank.parquet")
+    empty = pq.read_table(manifest.files(root, "train")[0], columns=BatchBuilder(manifest).columns).slice(0, 0)
+    scored = SoftLabeler({"deepfm": str(tmp_path / "teacher")}, ScoringOptions(str(bank)))(empty)
+    assert scored.num_rows == 0
+    assert scored.column_names == [*empty.column_names, front_door_column("deepfm"), conditional_column("deepfm")]
+
+
 def test_soft_labels_depend_on_the_batch_and_seed_not_on_what_the_scorer_scored_before(
     dataset: tuple[Path, Manifest], tmp_path: Path
 ) -> None:

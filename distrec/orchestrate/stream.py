@@ -98,6 +98,8 @@ class TeacherScorer:
 
     def score(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         """The front-door and the plain conditional probability of each row of ``table``, as float32."""
+        if table.num_rows == 0:  # TorchRec cannot split an empty KJT; Ray Data never sends one, a caller may
+            return np.empty(0, np.float32), np.empty(0, np.float32)
         batch = self.builder(table)
         generator = torch.Generator().manual_seed(batch_seed(batch, self.seed))
         with torch.no_grad():
