@@ -2,18 +2,19 @@
 
 "A run" is the soft-label stream, the part of distrec that must stay bounded whatever the log size:
 ``soft_label_stream`` (Ray Data: read the training Parquet -> a ``SoftLabeler`` stage adding the
-front-door column of one teacher) consumed batch by batch into ``BatchBuilder``, as the student's
-feed does. Each size runs in a fresh interpreter with its own embedded Ray (``ray_session``, the
-local defaults), so nothing carries over. A background thread samples the summed PSS (proportional
-set size: each shared page split among the processes mapping it, so object-store and library pages
-count once) of that interpreter and all its descendants (Ray's GCS, raylet, workers, actors); summed
-RSS and anonymous memory are kept beside it, and the kernel's per-process peak (VmHWM) gives the
-largest single process. The datasets are the synthetic default (2000 users, 1000 items, histories
-of 20) at three sizes: the ratio is the largest over the smallest, and ``mib_per_million_rows`` the
-least-squares slope of peak PSS against the log's rows over all three (flat memory: a slope near
-0, whatever the fixed base that dilutes the ratio). The teacher is a freshly initialised DeepFM
-of ``jobs/local.yaml`` with a history bank of 8 (memory does not depend on the weights, and a small
-bank keeps the 10M-row run short; the bank size changes compute, not what is buffered).
+front-door column of one teacher, in scoring calls of the job's default ``distill.score_batch_size``)
+consumed batch by batch into ``BatchBuilder``, as the student's feed does. Each size runs in a fresh
+interpreter with its own embedded Ray (``ray_session``, the local defaults), so nothing carries over.
+A background thread samples the summed PSS (proportional set size: each shared page split among the
+processes mapping it, so object-store and library pages count once) of that interpreter and all its
+descendants (Ray's GCS, raylet, workers, actors); summed RSS and anonymous memory are kept beside it,
+and the kernel's per-process peak (VmHWM) gives the largest single process. The datasets are the
+synthetic default (2000 users, 1000 items, histories of 20) at three sizes: the ratio is the largest
+over the smallest, and ``mib_per_million_rows`` the least-squares slope of peak PSS against the log's
+rows over all three (flat memory: a slope near 0, whatever the fixed base that dilutes the ratio). The
+teacher is a freshly initialised DeepFM of ``jobs/local.yaml`` with a history bank of 8 (memory does
+not depend on the weights, and a small bank keeps the 10M-row run short; the bank size changes
+compute, not what is buffered).
 
 The synthetic logs roll files at 1M rows, so the large log also has larger files (and Ray Data
 blocks) than the small one. The full run therefore adds a third pass, the large log rewritten with
@@ -160,11 +161,13 @@ def stream_pass(
 
 
 def main() -> None:
+    from distrec.config import DistillConfig
+
     parser = argparse.ArgumentParser(description="one streamed pass (the child of benchmark (e))")
     parser.add_argument("--root", required=True)
     parser.add_argument("--teacher", required=True)
     parser.add_argument("--bank", required=True)
-    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--batch-size", type=int, default=DistillConfig().score_batch_size)  # as the job scores
     parser.add_argument("--ray", nargs="*", default=[], help="ray.* settings, e.g. data_block_mib=16")
     args = parser.parse_args()
     print(json.dumps(child(args.root, args.teacher, args.bank, args.batch_size, args.ray)), flush=True)
