@@ -128,9 +128,8 @@ class CrossFittedScorer:
         folds = row_folds(self.copies[0].builder(table), len(self.copies))
         fd, kd = np.empty(table.num_rows, np.float32), np.empty(table.num_rows, np.float32)
         for fold, copy in enumerate(self.copies):
-            rows = np.flatnonzero(folds == fold)
-            if rows.size:
-                fd[rows], kd[rows] = copy.score(table.take(pa.array(rows)))
+            rows = np.flatnonzero(folds == fold)  # none in a fold: score() answers the empty table
+            fd[rows], kd[rows] = copy.score(table.take(pa.array(rows)))
         return with_soft_labels(table, self.name, fd, kd)
 
 
