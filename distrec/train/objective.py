@@ -1,9 +1,11 @@
 """The training objective wrapped around a model: what TorchRec's pipeline calls each step.
 
     teacher / base:   BCE(y, s)
-    student:          BCE(y, s) + lambda_t * KD(y_soft, s) + beta_t * I_hat(Z; C)
+    student:          BCE(y, s + b(C)) + lambda_t * KD(y_soft, s) + beta_t * I_hat(Z; C)
 
-with Z the model's representation or, with ``crl.representation=score``, the logit s itself.
+with Z the model's representation or, with ``crl.representation=score``, the logit s itself, and
+b(C) the confounders' own logit offsets (``crl.confounder_bias``; 0 without it), which exist in
+training only: the model exports, serves and is evaluated on s.
 
 lambda_t and beta_t follow their warm-up schedules (``distill.schedule``, ``crl.warmup_steps``) over
 the count of training steps, a buffer of ``Loss``. The critic of I_hat is not part of that loss: it
@@ -29,11 +31,12 @@ import torch.distributed as dist
 from torch import nn
 
 from distrec.causal.frontdoor import average_teachers
-from distrec.causal.losses import distillation_loss, weighted_bce
+from distrec.causal.losses import distillation_loss, weighted_bce, weighted_mean
 from distrec.causal.mi import make_mi_estimator
 from distrec.config import CRLConfig, DistillConfig
 from distrec.data.batch import Batch
 from distrec.models.architectures import Recommender
+from distrec.models.base import sum_parts
 
 COMPONENTS = ("bce", "kd", "mi", "critic")
 """What ``StepOutput.components`` holds, unweighted: BCE, KD, the MI estimate, the critic's loss."""
@@ -52,6 +55,29 @@ def warmup_factor(step: torch.Tensor, warmup_steps: int) -> torch.Tensor:
     if warmup_steps <= 0:
         return torch.ones((), dtype=torch.float32, device=step.device)
     return (step.to(torch.float32) / warmup_steps).clamp(max=1.0)
+
+
+class ConfounderBias(nn.Module):
+    """A learned logit offset per value of each confounder column: the direct path C -> Y.
+
+    Added to the logit of the label loss only, it fits what a session or a position does to clicks
+    by itself, beside the score instead of through it, so the score need not carry C and the MI
+    penalty is left to remove what the score says about C through the exposure. The serving model
+    has no C and no offset (a shallow tower dropped at serving, as YouTube's position-bias tower or
+    PAL, Guo et al., RecSys 2019). The offsets are centred on the batch's live rows, so the intercept
+    stays in the score and the exported model keeps its calibration on average.
+    """
+
+    def __init__(self, cardinalities: list[int]) -> None:
+        super().__init__()
+        self.offsets = nn.ModuleList(nn.Embedding(c, 1) for c in cardinalities)
+        for table in self.offsets:
+            nn.init.zeros_(table.weight)
+
+    def forward(self, confounders: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """[B] centred offsets of the rows' confounder values (``confounders``: [B, columns])."""
+        offset = sum_parts([table(confounders[:, j]).squeeze(-1) for j, table in enumerate(self.offsets)])
+        return offset - weighted_mean(offset, weights)
 
 
 class Loss(nn.Module):
@@ -75,6 +101,8 @@ class Loss(nn.Module):
         self.distill = distill if distill is not None and distill.weight > 0 else None
         self.crl = crl if crl is not None and crl.beta > 0 and confounder_cardinalities else None
         self.critic = None
+        use_bias = self.crl is not None and self.crl.confounder_bias
+        self.confounder_bias = ConfounderBias(confounder_cardinalities) if use_bias else None
         if self.crl is not None:
             if representation_dim is None:
                 raise ValueError(
@@ -111,7 +139,10 @@ class Loss(nn.Module):
         global_weight = self._global_sum(local_weight.detach().reshape(1)) if training and self.counts_steps else None
         lam, beta = (c.to(logits.device, logits.dtype) for c in self.coefficients())
 
-        bce = weighted_bce(logits, batch.labels, batch.weights)
+        label_logits = logits
+        if self.confounder_bias is not None:
+            label_logits = logits + self.confounder_bias(batch.confounders, batch.weights)
+        bce = weighted_bce(label_logits, batch.labels, batch.weights)
         loss = bce
         zero = torch.zeros((), dtype=logits.dtype, device=logits.device)
         kd = mi = critic_loss = zero
