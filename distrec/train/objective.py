@@ -70,9 +70,10 @@ class ConfounderBias(nn.Module):
 
     def __init__(self, cardinalities: list[int]) -> None:
         super().__init__()
-        self.offsets = nn.ModuleList(nn.Embedding(c, 1) for c in cardinalities)
-        for table in self.offsets:
+        tables = [nn.Embedding(c, 1) for c in cardinalities]
+        for table in tables:
             nn.init.zeros_(table.weight)
+        self.offsets = nn.ModuleList(tables)
 
     def forward(self, confounders: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """[B] centred offsets of the rows' confounder values (``confounders``: [B, columns])."""
