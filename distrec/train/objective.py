@@ -65,7 +65,9 @@ class ConfounderBias(nn.Module):
     penalty is left to remove what the score says about C through the exposure. The serving model
     has no C and no offset (a shallow tower dropped at serving, as YouTube's position-bias tower or
     PAL, Guo et al., RecSys 2019). The offsets are centred on the batch's live rows, so the intercept
-    stays in the score and the exported model keeps its calibration on average.
+    stays in the score and the exported model keeps its calibration on average. The distillation term
+    fits the score alone: a soft label does not depend on the row's C (the teachers never see it), so
+    offsets there would only be pulled to 0 (tried: valid_random 0.7483 against 0.7477, a tie).
     """
 
     def __init__(self, cardinalities: list[int]) -> None:
