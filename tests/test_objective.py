@@ -349,7 +349,7 @@ def test_confounder_bias_fits_the_confounders_own_effect_and_stays_out_of_the_mo
         opt.zero_grad()
         loss.backward()
         opt.step()
-    offsets = bias.offsets[0].weight.detach().squeeze(-1)
+    offsets = bias.offsets[0].detach()
     truth = (torch.arange(CONF, dtype=torch.float32) - 1.5) / 1.5
     torch.testing.assert_close(offsets - offsets.mean(), truth, atol=0.15, rtol=0)
     assert not any("confounder_bias" in name for name in objective.model.state_dict())
@@ -361,7 +361,7 @@ def test_confounder_bias_is_centred_on_the_live_rows() -> None:
     assert loss.confounder_bias is not None
     bias = loss.confounder_bias
     with torch.no_grad():
-        bias.offsets[0].weight.copy_(torch.tensor([[1.0], [2.0], [3.0], [4.0]]))
+        bias.offsets[0].copy_(torch.tensor([1.0, 2.0, 3.0, 4.0]))
     c = torch.tensor([[0], [1], [3], [3]])
     out = bias(c, torch.tensor([1.0, 1.0, 1.0, 0.0]))
     torch.testing.assert_close(out, torch.tensor([1.0, 2.0, 4.0, 4.0]) - 7.0 / 3)

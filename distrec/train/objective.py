@@ -72,14 +72,13 @@ class ConfounderBias(nn.Module):
 
     def __init__(self, cardinalities: list[int]) -> None:
         super().__init__()
-        tables = [nn.Embedding(c, 1) for c in cardinalities]
-        for table in tables:
-            nn.init.zeros_(table.weight)
-        self.offsets = nn.ModuleList(tables)
+        # zeros, drawing nothing from the random generator: turning the offsets on changes no other
+        # parameter's initialisation (the critic's, built next)
+        self.offsets = nn.ParameterList(nn.Parameter(torch.zeros(c)) for c in cardinalities)
 
     def forward(self, confounders: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """[B] centred offsets of the rows' confounder values (``confounders``: [B, columns])."""
-        offset = sum_parts([table(confounders[:, j]).squeeze(-1) for j, table in enumerate(self.offsets)])
+        offset = sum_parts([table[confounders[:, j]] for j, table in enumerate(self.offsets)])
         return offset - weighted_mean(offset, weights)
 
 
