@@ -251,15 +251,19 @@ def train(beta: float, estimator: str, seed: int = 0, representation: str = "pen
         else None
     )
     objective, builder = tiny_objective(DistillConfig(weight=1.0), crl, seed=seed)
+    fit(objective, builder, tiny_table(TRAIN_STEPS * BATCH, seed=100 + seed))
+    return objective
+
+
+def fit(objective: Objective, builder: BatchBuilder, data: pa.Table) -> None:
+    """TRAIN_STEPS steps of Adam (lr 1e-2) on the main parameters, BATCH consecutive rows of ``data`` each."""
     objective.train()
     opt = torch.optim.Adam(main_parameters(objective), lr=1e-2)
-    data = tiny_table(TRAIN_STEPS * BATCH, seed=100 + seed)
     for step in range(TRAIN_STEPS):
         loss, _ = objective(builder(data.slice(step * BATCH, BATCH)))
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return objective
 
 
 def evaluate(objective: Objective, representation: str = "penultimate") -> dict[str, float]:
@@ -341,14 +345,7 @@ def test_confounder_bias_fits_the_confounders_own_effect_and_stays_out_of_the_mo
     objective, builder = tiny_objective(None, CRLConfig(beta=1.0, representation="score", confounder_bias=True))
     bias = objective.loss.confounder_bias
     assert bias is not None
-    objective.train()
-    opt = torch.optim.Adam(main_parameters(objective), lr=1e-2)
-    data = tiny_table(TRAIN_STEPS * BATCH, seed=100, conf_per_row=True)
-    for step in range(TRAIN_STEPS):
-        loss, _ = objective(builder(data.slice(step * BATCH, BATCH)))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    fit(objective, builder, tiny_table(TRAIN_STEPS * BATCH, seed=100, conf_per_row=True))
     offsets = bias.offsets[0].detach()
     truth = (torch.arange(CONF, dtype=torch.float32) - 1.5) / 1.5
     torch.testing.assert_close(offsets - offsets.mean(), truth, atol=0.15, rtol=0)
@@ -357,9 +354,8 @@ def test_confounder_bias_fits_the_confounders_own_effect_and_stays_out_of_the_mo
 
 def test_confounder_bias_is_centred_on_the_live_rows() -> None:
     assert Loss(None, CRLConfig(beta=0.0, confounder_bias=True), 1, [CONF]).confounder_bias is None  # CRL off
-    loss = Loss(None, CRLConfig(beta=1.0, confounder_bias=True), 1, [CONF])
-    assert loss.confounder_bias is not None
-    bias = loss.confounder_bias
+    bias = Loss(None, CRLConfig(beta=1.0, confounder_bias=True), 1, [CONF]).confounder_bias
+    assert bias is not None
     with torch.no_grad():
         bias.offsets[0].copy_(torch.tensor([1.0, 2.0, 3.0, 4.0]))
     c = torch.tensor([[0], [1], [3], [3]])
