@@ -88,6 +88,19 @@ def test_report_contract(finished_run: FinishedRun, tiny_dataset: tuple[Path, Ma
     assert all(lo < hi for lo, hi in intervals.values()), intervals
 
 
+def test_crl_confounder_offsets_are_reported_per_epoch(
+    finished_run: FinishedRun, tiny_dataset: tuple[Path, Manifest]
+) -> None:
+    _, manifest = tiny_dataset
+    training = json.loads((finished_run.dir / "report.json").read_text())["run"]["training"]
+    offsets = training["student"]["curve"][-1]["confounder_offsets"]
+    assert {column: len(values) for column, values in offsets.items()} == manifest.confounders
+    assert all(abs(sum(values)) < 1e-3 for values in offsets.values()), offsets  # centred
+    assert all(any(v != 0 for v in values) for values in offsets.values()), offsets  # trained: not the zero init
+    assert "confounder_offsets" not in training["base"]["curve"][-1]  # no CRL, no offsets
+    assert "Confounder offsets" in (finished_run.dir / "report.md").read_text()
+
+
 def test_run_directory_is_complete(finished_run: FinishedRun) -> None:
     run_dir = finished_run.dir
     assert not run_dir.with_name("tiny.partial").exists()

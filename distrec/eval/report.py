@@ -273,6 +273,7 @@ def _markdown(report: Mapping[str, Any], plots: list[tuple[str, str]]) -> str:
         header = ["model", "best epoch", "epochs run", "stopped early", "valid AUC", "train_mi first -> last"]
         lines += _table([*header, "seconds"], rows)
         lines += ["A CRL model's estimated I(Z; C) (train_mi) should fall as it trains; per epoch in report.json.", ""]
+        lines += _offsets_section(training)
     for name, chosen in (run.get("peers") or {}).items():
         settings = ", ".join(f"{k}={_fmt(v)}" for k, v in chosen.items() if k not in ("curve", "valid_auc"))
         lines += [f"Peer `{name}`: plain PyTorch matrix factorisation, chosen on valid ({settings}).", ""]
@@ -315,6 +316,21 @@ def _mi_trend(training: Mapping[str, Any]) -> str:
     if not values or not any(v != 0 for v in values if math.isfinite(v)):
         return ""
     return f"{values[0]:.4f} -> {values[-1]:.4f}"
+
+
+def _offsets_section(training: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Each CRL model's confounder offsets (``crl.confounder_bias``) at its exported (best) epoch."""
+    lines = []
+    for name, t in training.items():
+        curve = t.get("curve") or []
+        best = next((p for p in curve if p.get("epoch") == t.get("best_epoch")), None)
+        for column, offsets in ((best or {}).get("confounder_offsets") or {}).items():
+            values = ", ".join(f"{v:+.3f}" for v in offsets)
+            lines.append(f"- `{name}`, `{column}`: {values}")
+    if not lines:
+        return []
+    head = "Confounder offsets (logit, centred; C's own effect on clicks, fitted beside the score and not served):"
+    return [head, "", *lines, ""]
 
 
 def _best_valid(training: Mapping[str, Any]) -> float:

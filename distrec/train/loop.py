@@ -269,6 +269,7 @@ class Worker:
                 **self._losses(totals),
                 **valid,
                 "lr_multiplier": self.schedule.apply(p.global_step),
+                **self.confounder_offsets(),
             }
             self.curve.append(point)
             stop = bool(train.patience) and p.stale_epochs >= train.patience
@@ -279,6 +280,20 @@ class Worker:
             self.report_progress(totals, status="done" if last else "train", force=True)
             if stop:
                 break
+
+    def confounder_offsets(self) -> dict[str, dict[str, list[float]]]:
+        """``{"confounder_offsets": {column: offsets}}``: CRL's learned logit offset per value of each
+        penalised confounder column (``crl.confounder_bias``), minus their mean, i.e. what C does to
+        clicks by itself as the model fitted it beside the score; empty for a model without offsets."""
+        bias = self.training.dmp.module.loss.confounder_bias
+        if bias is None:
+            return {}
+        columns = penalised(self.task, self.manifest).confounders
+        offsets = {
+            column: [round(float(v), 4) for v in table.detach().cpu() - table.detach().cpu().mean()]
+            for column, table in zip(columns, bias.offsets, strict=True)
+        }
+        return {"confounder_offsets": offsets}
 
     def train_epoch(self, epoch: int) -> torch.Tensor:
         """One pass over this rank's share; returns [weighted loss, weight, components...] summed."""
