@@ -3,8 +3,9 @@
 A chunk of rows (``distrec.data.reader.Chunk``: a piece of a Parquet row group, or any Arrow table)
 is converted once: each column becomes one numpy array and is checked once, an id range being taken
 as proven when the row group's footer statistics lie inside it. Batches are then cut from those
-arrays: views of the label, dense, confounder and soft-label matrices, plus one copy of the batch's
-ids into the KeyedJaggedTensor's values, so a batch costs a few numpy calls whatever its columns.
+arrays: views of the label, weight, dense, confounder and soft-label matrices, plus one copy of the
+batch's ids into the KeyedJaggedTensor's values and one of its lengths, so a batch costs a few numpy
+calls whatever its columns.
 """
 
 from __future__ import annotations
@@ -128,7 +129,9 @@ class _Rows:
     ids: list[np.ndarray]  # per sparse feature: [n] int64 embedding-table rows
     history: np.ndarray  # int64 embedding-table rows of every row's history items, back to back
     offsets: np.ndarray  # [n + 1]: row i's history is history[offsets[i]:offsets[i + 1]]
+    history_lengths: np.ndarray  # [n] int32: offsets[1:] - offsets[:-1]
     labels: np.ndarray  # [n] float32
+    weights: np.ndarray  # [n] float32 ones: each batch's weights are a view (a batch costs no allocation for them)
     dense: np.ndarray  # [n, num dense] float32
     confounders: np.ndarray  # [n, num confounders] int64
     soft_labels: np.ndarray  # [n, num soft-label columns] float32
@@ -143,7 +146,9 @@ class _Rows:
             [ids[start:stop] for ids in self.ids],
             self.history[lo:hi],
             self.offsets[start : stop + 1] - lo,
+            self.history_lengths[start:stop],
             self.labels[start:stop],
+            self.weights[start:stop],
             self.dense[start:stop],
             self.confounders[start:stop],
             self.soft_labels[start:stop],
@@ -154,7 +159,9 @@ class _Rows:
             [np.concatenate(pair) for pair in zip(self.ids, other.ids, strict=True)],
             np.concatenate((self.history, other.history)),
             np.concatenate((self.offsets[:-1], other.offsets + self.offsets[-1])),
+            np.concatenate((self.history_lengths, other.history_lengths)),
             np.concatenate((self.labels, other.labels)),
+            np.concatenate((self.weights, other.weights)),
             np.concatenate((self.dense, other.dense)),
             np.concatenate((self.confounders, other.confounders)),
             np.concatenate((self.soft_labels, other.soft_labels)),
@@ -170,6 +177,13 @@ class BatchBuilder:
         self.cardinality = manifest.cardinality
         self.soft_label_columns = list(soft_label_columns)
         self.confounders = list(manifest.confounders)
+        self._int32_ones = np.ones(0, dtype=np.int32)
+
+    def _ones(self, n: int) -> np.ndarray:
+        """n int32 ones, a view of one array kept for every batch (grown when a batch needs more)."""
+        if self._int32_ones.size < n:
+            self._int32_ones = np.ones(n, dtype=np.int32)
+        return self._int32_ones[:n]
 
     @property
     def columns(self) -> list[str]:
@@ -227,7 +241,9 @@ class BatchBuilder:
             ids,
             history,
             offsets,
+            np.diff(offsets).astype(np.int32),
             _floats(chunk, [LABEL]).reshape(-1),
+            np.ones(n, dtype=np.float32),
             _floats(chunk, self.manifest.dense),
             confounders,
             _floats(chunk, self.soft_label_columns),
@@ -236,15 +252,15 @@ class BatchBuilder:
     def _batch(self, rows: _Rows, start: int, stop: int) -> Batch:
         n, lo, hi = stop - start, int(rows.offsets[start]), int(rows.offsets[stop])
         values = np.concatenate([ids[start:stop] for ids in rows.ids] + [rows.history[lo:hi]])
-        lengths = np.ones(n * len(self.keys), dtype=np.int32)
-        per_key = [n] * len(rows.ids)
+        per_key = [n] * len(rows.ids)  # one id a row for each sparse feature
+        lengths = [self._ones(n * len(per_key))]
         if self.manifest.history_max_len > 0:  # the history's lengths come last
-            np.subtract(rows.offsets[start + 1 : stop + 1], rows.offsets[start:stop], out=lengths[len(per_key) * n :])
+            lengths.append(rows.history_lengths[start:stop])
             per_key.append(hi - lo)
         sparse = KeyedJaggedTensor(  # what from_lengths_sync builds, without recounting the lengths
             keys=self.keys,
             values=torch.from_numpy(values),
-            lengths=torch.from_numpy(lengths),
+            lengths=torch.from_numpy(np.concatenate(lengths)),
             stride=n,
             stride_per_key=[n] * len(self.keys),
             length_per_key=per_key,
@@ -254,7 +270,7 @@ class BatchBuilder:
             sparse=sparse,
             dense=torch.from_numpy(rows.dense[start:stop]),
             labels=torch.from_numpy(rows.labels[start:stop]),
-            weights=torch.ones(n, dtype=torch.float32),
+            weights=torch.from_numpy(rows.weights[start:stop]),
             confounders=torch.from_numpy(rows.confounders[start:stop]),
             soft_labels=torch.from_numpy(rows.soft_labels[start:stop]),
         )
