@@ -103,6 +103,14 @@ def _rows(details: dict[str, dict[str, object]]) -> list[tuple[str, ...]]:
     return rows
 
 
+def _batch_overhead_us(a: dict[str, object]) -> str:
+    """What building the batches adds to the raw scan, per batch, from (a)'s two medians."""
+    batch, raw, size = a.get("batch_rows_per_s"), a.get("raw_rows_per_s"), a.get("batch_size")
+    if not (isinstance(batch, int | float) and isinstance(raw, int | float) and isinstance(size, int) and batch > 0):
+        return "a few tens of"
+    return f"about {size * (1 / batch - 1 / raw) * 1e6:.0f}"
+
+
 def _reading(details: dict[str, dict[str, object]], info: dict[str, object]) -> list[str]:
     """One paragraph per figure that ran: this run's numbers, and what we found limits each ratio."""
     out = []
@@ -115,8 +123,10 @@ def _reading(details: dict[str, dict[str, object]], info: dict[str, object]) -> 
             "rows/s). Both sides decode the same Parquet chunks of the `ShardReader`; the Batch side converts "
             "and checks each chunk once (id ranges proven by the row groups' footer statistics are not "
             f"rescanned) and then cuts {a.get('batch_size')}-row batches from its arrays, so what is left per "
-            "batch is copying its ids and history into the KJT's values and building seven tensors: about "
-            "40-50 us a batch on top of the raw decode."
+            "batch is copying its ids and history into the KJT's values and building seven tensors: "
+            f"{_batch_overhead_us(a)} us a batch on top of the raw decode (a view of the chunk's arrays for "
+            "the labels, weights, dense, confounder and soft-label tensors; the KJT's construction and the "
+            "copy of its values are most of it)."
             + (
                 f" The reader is far from limiting training: it builds batches "
                 f"{a['batch_rows_per_s'] / d['one_worker_samples_per_s']:.0f}x faster than one worker trains "  # type: ignore[operator]
