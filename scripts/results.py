@@ -101,10 +101,11 @@ def table(reports: list[dict], split: str, metrics: tuple[str, ...]) -> list[str
     return lines
 
 
-def paired_table(reports: list[dict], metric: str) -> list[str]:
-    """model - base on the same seed (same data, same teachers): mean ± std of the paired differences."""
+def paired_table(reports: list[dict], metric: str, relative: bool = False) -> list[str]:
+    """model - base on the same seed (same data, same teachers): mean ± std of the paired differences;
+    with ``relative``, of model / base - 1 instead (a share of base's value: how causal errors are targeted)."""
     cols = [("test_id", None), ("test_ood", None), ("test_do", None), ("test_id", "q1"), ("test_id", "q5")]
-    cols += [("test_ood", "q1")]
+    cols += [("test_ood", "q1"), ("test_do", "q1")]
     cols = [c for c in cols if c[0] in reports[0]["models"]["base"]]
     lines = [
         "| model | " + " | ".join(f"{s}{' ' + g if g else ''}" for s, g in cols) + " |",
@@ -121,8 +122,9 @@ def paired_table(reports: list[dict], metric: str) -> list[str]:
         cells = []
         for split, group in cols:
             pairs = [(value(r, model, split, group), value(r, "base", split, group)) for r in reports]
-            cells.append(mean_std([a - b for a, b in pairs if a is not None and b is not None]))
-        lines.append(f"| {model} - base | " + " | ".join(cells) + " |")
+            pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+            cells.append(mean_std([a / b - 1 if relative else a - b for a, b in pairs]))
+        lines.append(f"| {model} {'/ base - 1' if relative else '- base'} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -166,6 +168,9 @@ def experiment_section(name: str, runs: list[tuple[list[str], Path]], seconds: f
             if any(metric in r["models"]["base"].get("test_id", {}) for r in reports):
                 title = f"### {metric}, paired difference against base (same seed)"
                 out += [title, "", *paired_table(reports, metric), ""]
+        if any("fd_rmse" in r["models"]["base"].get("test_id", {}) for r in reports):
+            title = "### fd_rmse relative to base (model / base - 1, same seed): CausalD's causal error"
+            out += [title, "", *paired_table(reports, "fd_rmse", relative=True), ""]
     return out
 
 
@@ -234,11 +239,17 @@ def main() -> None:
             seconds = time.time() - started
             index.setdefault(name, []).append({"overrides": overrides, "run_dir": str(run_dir), "seconds": seconds})
             atomic_write_text(INDEX, json.dumps(index, indent=1))
-            previous = target.read_text() if target.is_file() else ""
-            done = {n: [(r["overrides"], Path(r["run_dir"])) for r in rs] for n, rs in index.items() if rs}
-            totals = {n: sum(r["seconds"] for r in rs) for n, rs in index.items()}
-            atomic_write_text(target, document(done, totals, previous))
+            rebuild(index, target)
             print(f"{name}: {run_dir} ({seconds:.0f} s)", flush=True)
+    rebuild(index, target)  # also when every run was already done: the tables' layout may have changed
+
+
+def rebuild(index: dict[str, list[dict]], target: Path) -> None:
+    """docs/results.md's tables from every finished run in ``index``, the reading kept."""
+    previous = target.read_text() if target.is_file() else ""
+    done = {n: [(r["overrides"], Path(r["run_dir"])) for r in rs] for n, rs in index.items() if rs}
+    totals = {n: sum(r["seconds"] for r in rs) for n, rs in index.items()}
+    atomic_write_text(target, document(done, totals, previous))
 
 
 if __name__ == "__main__":

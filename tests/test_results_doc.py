@@ -45,3 +45,16 @@ def test_a_partial_sweep_keeps_the_sections_it_did_not_rerun(tmp_path: Path) -> 
     # rebuilding again does not stack the mark
     again = results.document({"synthetic": [(["seed=0"], run)]}, {"synthetic": 10.0}, doc)
     assert again.count("not rerun by the latest sweep") == 1
+
+
+def test_paired_tables_give_differences_and_relative_changes_per_seed() -> None:
+    results = _results_module()
+
+    def report(base: float, model: float) -> dict:
+        return {"models": {n: {"test_id": {"fd_rmse": v}} for n, v in (("base", base), ("causald", model))}}
+
+    reports = [report(0.20, 0.18), report(0.10, 0.08)]  # paired: -0.02 twice; relative: -10% and -20%
+    [header, _, row] = results.paired_table(reports, "fd_rmse")
+    assert header.startswith("| model | test_id |") and row.startswith("| causald - base | -0.0200 ± 0.0000 |")
+    [_, _, row] = results.paired_table(reports, "fd_rmse", relative=True)
+    assert row.startswith("| causald / base - 1 | -0.1500 ± 0.0707 |")
