@@ -257,6 +257,11 @@ class NightlyConfig:
     max_rows_ratio: float = 2.0
     min_label_rate: float = 0.001
     max_label_rate: float = 0.9
+    # Against the champion, AUC and log-loss gates compare a paired bootstrap interval of challenger - champion
+    # over the held-out day's users (gate_resamples draws, at gate_level), failing only when all of it lies
+    # beyond the tolerance; 0: compare the two point values (distrec.nightly.gates)
+    gate_resamples: int = 200
+    gate_level: float = 0.95
     gates: list[GateConfig] = field(
         default_factory=lambda: [
             GateConfig("test_id.auc", floor=0.55, tolerance=0.01),
@@ -558,6 +563,9 @@ def check_nightly(nightly: NightlyConfig, errors: Errors) -> None:
         errors.add(f"nightly.max_rows_ratio={nightly.max_rows_ratio} must be >= min_rows_ratio")
     errors.within("nightly.min_label_rate", nightly.min_label_rate, 0.0, 1.0)
     errors.within("nightly.max_label_rate", nightly.max_label_rate, nightly.min_label_rate, 1.0)
+    errors.at_least("nightly.gate_resamples", nightly.gate_resamples, 0)
+    if not 0.0 < nightly.gate_level < 1.0:  # also rejects NaN
+        errors.add(f"nightly.gate_level must be in (0, 1), got {nightly.gate_level}")
     for i, gate in enumerate(nightly.gates):
         errors.at_least(f"nightly.gates[{i}].tolerance", gate.tolerance, 0.0)
         if gate.metric.split(".")[0] not in ("test_id", "test_ood"):

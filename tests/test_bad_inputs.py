@@ -391,6 +391,11 @@ OVERRIDE_CASES = [
     ("adam on cpu", ["train.sparse_optimizer=adam"], [r"train.sparse_optimizer must be one of .* on cpu"]),
     ("batch size 0", ["train.batch_size=0"], [r"train.batch_size must be >= 1, got 0"]),
     ("negative bootstrap resamples", ["eval.bootstrap=-5"], [r"eval.bootstrap must be >= 0, got -5"]),
+    (
+        "gate interval out of range",
+        ["nightly.gate_resamples=-1", "nightly.gate_level=1.5"],
+        [r"nightly.gate_resamples must be >= 0, got -1", r"nightly.gate_level must be in \(0, 1\), got 1.5"],
+    ),
     ("unknown sharding type", ["train.sharding_types=[diagonal]"], [r"torchrec's ShardingType.*got 'diagonal'"]),
     ("run_id escapes runs_dir", ["run_id=../elsewhere"], [r"run_id must be a plain directory name"]),
     (

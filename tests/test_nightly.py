@@ -119,6 +119,9 @@ def test_cold_start_then_warm_start_promotes(store: Path, two_nights: tuple[Path
     assert saved.teachers[0].warm_start.endswith("v1/fm") and saved.train.epochs == 1
     gates = json.loads((run2 / "gates.json").read_text())
     assert gates["champion"] == "1" and all(g["champion"] is not None for g in gates["gates"])
+    # AUC and log loss are compared as paired bootstrap intervals over the held-out day's users
+    compared = [g for g in gates["gates"] if g["status"] != "skipped"]
+    assert compared and all(g["interval"][0] <= g["interval"][1] for g in compared), compared
     assert "## Nightly gates" in (run2 / "report.md").read_text()
     assert registry.version("2").tags["previous_champion"] == "1"
     mlflow_run = registry.client.get_run(registry.version("2").run_id)

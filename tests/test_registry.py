@@ -34,7 +34,33 @@ def test_gates_floor_tolerance_and_skipped() -> None:
     assert "beyond the tolerance" in rows[0]["reason"]
     passed, rows = check_gates(gates, {"test_id": {"auc": 0.59, "logloss": 0.61}}, None)
     assert not passed and "floor 0.6" in rows[0]["reason"] and "floor 0.6" in rows[1]["reason"]
-    assert "| test_id.auc | 0.5900 | - | 0.6000 | 0.01 | failed |" in gate_table(rows)
+    assert "| test_id.auc | 0.5900 | - | - | 0.6000 | 0.01 | failed |" in gate_table(rows)
+
+
+def test_gates_against_the_champion_decide_on_the_interval_where_there_is_one() -> None:
+    """The same point values, 0.02 below the champion: a failure without an interval, and with one,
+    a failure only when all of the interval lies beyond the tolerance."""
+    gates = [
+        GateConfig("test_id.auc", floor=0.5, tolerance=0.01),
+        GateConfig("test_id.logloss", floor=0.7, tolerance=0.01, higher_is_better=False),
+    ]
+    challenger, champion = {"test_id": {"auc": 0.68, "logloss": 0.57}}, {"test_id": {"auc": 0.70, "logloss": 0.55}}
+    assert not check_gates(gates, challenger, champion)[0]  # point values: 0.02 worse on both
+    noisy = {"test_id.auc": (-0.05, 0.01), "test_id.logloss": (-0.01, 0.05)}  # the day cannot tell them apart
+    passed, rows = check_gates(gates, challenger, champion, noisy)
+    assert passed and [r["interval"] for r in rows] == [[-0.05, 0.01], [-0.01, 0.05]]
+    worse = {"test_id.auc": (-0.04, -0.011), "test_id.logloss": (0.011, 0.04)}  # worse beyond the tolerance
+    passed, rows = check_gates(gates, challenger, champion, worse)
+    assert not passed and all("paired bootstrap" in r["reason"] for r in rows)
+    edge = {"test_id.auc": (-0.04, -0.01), "test_id.logloss": (0.01, 0.04)}  # reaches the tolerance: passes
+    assert check_gates(gates, challenger, champion, edge)[0]
+    nan = {"test_id.auc": (float("nan"), float("nan"))}  # no evidence either way is not a pass
+    assert not check_gates(gates, challenger, champion, nan)[0]
+    assert "| test_id.auc | 0.6800 | 0.7000 | [-0.0400, -0.0110] | 0.5000 | 0.01 | failed |" in gate_table(
+        check_gates(gates, challenger, champion, worse)[1]
+    )
+    # without a champion an interval means nothing: floors only
+    assert check_gates(gates, challenger, None, worse)[0]
 
 
 def fake_run(root: Path, run_id: str, auc: float) -> Path:

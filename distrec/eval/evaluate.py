@@ -17,7 +17,7 @@ from distrec.data.batch import BatchBuilder
 from distrec.data.schema import LABEL, MANIFEST, P_DO, P_FD, TRUTHS, USER, Manifest
 from distrec.errors import DataError
 from distrec.eval.groups import GROUP_NAMES, group_counts_from_parquet, groups_from_counts
-from distrec.eval.metrics import evaluate, paired_auc_interval, score_confounder_mi
+from distrec.eval.metrics import evaluate, paired_auc_interval, paired_logloss_interval, score_confounder_mi
 from distrec.eval.report import COMPARED, HEADLINE
 from distrec.slots import cpu_slots, gather_bounded
 from distrec.train.export import load_export
@@ -162,29 +162,56 @@ def evaluate_export(
     return out
 
 
+PAIRED_METRICS = {"auc": paired_auc_interval, "logloss": paired_logloss_interval}
+"""The metrics with a paired bootstrap interval (distrec.eval.metrics), by the last part of a metric path."""
+
+
+def paired_intervals(
+    directory: str | Path,
+    reference: str | Path,
+    root: str | Path,
+    groups: np.ndarray,
+    paths: list[tuple[str, ...]],
+    batch_size: int,
+    resamples: int,
+    seed: int,
+    level: float = 0.95,
+) -> dict[tuple[str, ...], tuple[float, float]]:
+    """The paired bootstrap interval of the model at ``directory`` minus that at ``reference`` for each
+    metric path (``(split, metric)`` or ``(split, "groups", NAME, metric)``, metric one of
+    ``PAIRED_METRICS``) whose split the dataset has; each split is scored once by each model."""
+    (model, builder, manifest), (ref_model, ref_builder, _) = _scorer(directory, root), _scorer(reference, root)
+    scored: dict[str, tuple[dict[str, np.ndarray], np.ndarray]] = {}
+    out: dict[tuple[str, ...], tuple[float, float]] = {}
+    for path in paths:
+        split, *group, metric = path
+        if split not in manifest.splits:
+            continue
+        if split not in scored:
+            files = manifest.files(root, split)
+            scored[split] = (
+                score_files(model, builder, files, batch_size),
+                score_files(ref_model, ref_builder, files, batch_size)["probs"],
+            )
+        mine, theirs = scored[split]
+        rows = groups[mine["users"]] == GROUP_NAMES.index(group[-1]) if group else slice(None)
+        interval = PAIRED_METRICS[metric]
+        out[path] = interval(
+            mine["users"][rows], mine["labels"][rows], mine["probs"][rows], theirs[rows], resamples, level, seed
+        )
+    return out
+
+
 @ray.remote(num_cpus=1)
 def _headline_intervals(
     directory: str, reference: str, root: str, groups: np.ndarray, batch_size: int, resamples: int, seed: int
 ) -> dict[str, list[float]]:
-    """``{row: [lo, hi]}``: the paired bootstrap interval (:func:`paired_auc_interval`) of the AUC of
-    the model at ``directory`` minus that at ``reference``, on every headline row the dataset has."""
+    """``{row: [lo, hi]}``: the paired bootstrap interval of the AUC of the model at ``directory``
+    minus that at ``reference``, on every headline row the dataset has."""
     torch.set_num_threads(1)
-    (model, builder, manifest), (ref_model, ref_builder, _) = _scorer(directory, root), _scorer(reference, root)
-    out: dict[str, list[float]] = {}
-    for label, (split, *group) in HEADLINE:
-        if split not in manifest.splits:
-            continue
-        files = manifest.files(root, split)
-        scored = score_files(model, builder, files, batch_size)
-        ref_probs = score_files(ref_model, ref_builder, files, batch_size)["probs"]
-        users, rows = scored["users"], slice(None)
-        if group:  # ("groups", NAME): the rows of that activity group's users
-            rows = groups[users] == GROUP_NAMES.index(group[-1])
-        interval = paired_auc_interval(
-            users[rows], scored["labels"][rows], scored["probs"][rows], ref_probs[rows], resamples, seed=seed
-        )
-        out[label] = list(interval)
-    return out
+    paths = {label: (*path, "auc") for label, path in HEADLINE}
+    intervals = paired_intervals(directory, reference, root, groups, list(paths.values()), batch_size, resamples, seed)
+    return {label: list(intervals[path]) for label, path in paths.items() if path in intervals}
 
 
 _evaluate_export = ray.remote(num_cpus=1)(evaluate_export)

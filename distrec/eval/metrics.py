@@ -1,5 +1,5 @@
 """Offline metrics on logged exposures: AUC, GAUC, log loss, NDCG@k and Recall@k, overall and per group,
-and a paired bootstrap interval for the AUC difference of two models on the same rows.
+and paired bootstrap intervals for the AUC and log-loss differences of two models on the same rows.
 
 Everything is vectorised numpy (a sort, then segment sums with ``bincount`` / ``reduceat``), so a
 metric over tens of millions of rows costs a sort or two. The rank metrics treat a
@@ -10,7 +10,7 @@ tied candidates, so a constant scorer gets no credit from the order the rows wer
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -258,6 +258,24 @@ def _weighted_sorted_auc(tie: np.ndarray, pos: np.ndarray, weights: np.ndarray) 
     return float((positive * (below + 0.5 * neg)).sum() / pairs)
 
 
+def _user_bootstrap(users: np.ndarray, resamples: int, level: float, seed: int) -> Iterator[np.ndarray]:
+    """Row weights of ``resamples`` bootstraps of whole users (each user drawn with all its rows)."""
+    if resamples < 1 or not 0.0 < level < 1.0:
+        raise ValueError(f"need resamples >= 1 and 0 < level < 1, got {resamples} and {level}")
+    ids, row_user = np.unique(users, return_inverse=True)
+    rng = np.random.default_rng(seed)
+    for _ in range(resamples):
+        yield np.bincount(rng.integers(0, ids.size, ids.size), minlength=ids.size)[row_user].astype(np.float64)
+
+
+def _percentiles(diffs: np.ndarray, level: float) -> tuple[float, float]:
+    tail = (1.0 - level) / 2.0
+    if np.isnan(diffs).all():
+        return float("nan"), float("nan")
+    lo, hi = np.nanquantile(diffs, [tail, 1.0 - tail])
+    return float(lo), float(hi)
+
+
 def paired_auc_interval(
     users: npt.ArrayLike,
     labels: npt.ArrayLike,
@@ -275,9 +293,6 @@ def paired_auc_interval(
     """
     users, labels, scores = _columns(users, labels, scores)
     reference = _columns(users, reference)[1]
-    if resamples < 1 or not 0.0 < level < 1.0:
-        raise ValueError(f"need resamples >= 1 and 0 < level < 1, got {resamples} and {level}")
-    ids, row_user = np.unique(users, return_inverse=True)
     sides = []
     for side in (scores, reference):
         order = np.argsort(side, kind="stable")
@@ -286,14 +301,37 @@ def paired_auc_interval(
         if ordered.size:
             np.cumsum(ordered[1:] != ordered[:-1], out=tie[1:])
         sides.append((order, tie, labels[order] > 0.5))
-    rng = np.random.default_rng(seed)
-    diffs = np.empty(resamples)
-    for r in range(resamples):
-        weights = np.bincount(rng.integers(0, ids.size, ids.size), minlength=ids.size)[row_user].astype(np.float64)
-        (oa, ta, pa), (ob, tb, pb) = sides
-        diffs[r] = _weighted_sorted_auc(ta, pa, weights[oa]) - _weighted_sorted_auc(tb, pb, weights[ob])
-    tail = (1.0 - level) / 2.0
-    if np.isnan(diffs).all():
-        return float("nan"), float("nan")
-    lo, hi = np.nanquantile(diffs, [tail, 1.0 - tail])
-    return float(lo), float(hi)
+    (oa, ta, pa), (ob, tb, pb) = sides
+    diffs = [
+        _weighted_sorted_auc(ta, pa, weights[oa]) - _weighted_sorted_auc(tb, pb, weights[ob])
+        for weights in _user_bootstrap(users, resamples, level, seed)
+    ]
+    return _percentiles(np.array(diffs), level)
+
+
+def paired_logloss_interval(
+    users: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    probs: npt.ArrayLike,
+    reference: npt.ArrayLike,
+    resamples: int = 200,
+    level: float = 0.95,
+    seed: int = 0,
+    eps: float = 1e-7,
+) -> tuple[float, float]:
+    """Percentile interval of ``logloss(probs) - logloss(reference)`` over a bootstrap of users, as
+    :func:`paired_auc_interval` (the same draws for the same users and seed)."""
+    users, labels, probs = _columns(users, labels, probs)
+    reference = _columns(users, reference)[1]
+    y = labels.astype(np.float64)
+
+    def row_loss(p: np.ndarray) -> np.ndarray:
+        p = np.clip(p.astype(np.float64), eps, 1.0 - eps)
+        return -(y * np.log(p) + (1.0 - y) * np.log1p(-p))
+
+    gap = row_loss(probs) - row_loss(reference)
+    diffs = [
+        (weights * gap).sum() / weights.sum() if weights.sum() else np.nan
+        for weights in _user_bootstrap(users, resamples, level, seed)
+    ]
+    return _percentiles(np.array(diffs, dtype=np.float64), level)

@@ -12,7 +12,8 @@
    warm-start from the champion's exports, for ``warm_epochs`` epochs (unless ``warm_start`` is false:
    a retrain from scratch, gated against the champion all the same).
 4. Gates (``distrec.nightly.gates``) of the challenger against the champion, both evaluated on the
-   held-out date, written to ``gates.json`` and report.md whatever the outcome.
+   held-out date (AUC and log loss as paired bootstrap intervals over its users), written to
+   ``gates.json`` and report.md whatever the outcome.
 5. The run is logged to MLflow, registered as a version tagged with the date, window, config hash,
    source commit, gates and previous champion, and given the ``challenger`` alias. Then, under the
    registry's lock, and against the champion of that moment: promotion (the ``champion`` alias move,
@@ -38,7 +39,7 @@ from distrec.data.days import day_rows, window_view
 from distrec.data.schema import LABEL, MANIFEST, Manifest, partition_name
 from distrec.data.validate import read_parquet_checked
 from distrec.errors import ConfigError, DataError, DistrecError
-from distrec.eval.evaluate import activity_groups_of, evaluate_export
+from distrec.eval.evaluate import PAIRED_METRICS, activity_groups_of, evaluate_export, paired_intervals
 from distrec.io import atomic_write_json, atomic_write_text
 from distrec.nightly.gates import check_gates, gate_table
 from distrec.nightly.registry import CHALLENGER, CHAMPION, Registry
@@ -161,13 +162,27 @@ def _warm(config: Config, exports: Path, epochs: int) -> Config:
 
 def _gate(config: Config, run_dir: Path, view: Path, champion: Path | None) -> tuple[bool, list[dict[str, Any]], dict]:
     """The gates of a finished run's model against the champion's same model, on the held-out date."""
-    name = config.nightly.model
+    name, nightly = config.nightly.model, config.nightly
     challenger = json.loads((run_dir / "metrics.json").read_text())["models"][name]
-    baseline = None
+    baseline, intervals = None, {}
     if champion is not None:
         groups = activity_groups_of(Manifest.read(view), view)
         baseline = evaluate_export(champion / name, view, groups, config.eval.k, config.eval.batch_size)
-    passed, rows = check_gates(config.nightly.gates, challenger, baseline)
+        paths = [tuple(g.metric.split(".")) for g in nightly.gates if g.metric.rsplit(".", 1)[-1] in PAIRED_METRICS]
+        if nightly.gate_resamples and paths:
+            found = paired_intervals(
+                run_dir / "models" / name,
+                champion / name,
+                view,
+                groups,
+                paths,
+                config.eval.batch_size,
+                nightly.gate_resamples,
+                config.seed,
+                nightly.gate_level,
+            )
+            intervals = {".".join(path): interval for path, interval in found.items()}
+    passed, rows = check_gates(nightly.gates, challenger, baseline, intervals)
     return passed, rows, {"challenger": challenger, "champion": baseline}
 
 
