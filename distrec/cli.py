@@ -104,9 +104,13 @@ def _tune(args: argparse.Namespace) -> None:
     config = load_config(args.config, args.overrides)
     if config.ray.address is None:
         bind_local_ray_to_loopback()
+    from distrec.console import Console
     from distrec.orchestrate.tune import tune
 
-    print(tune(config))
+    console = Console(verbose=args.verbose)
+    tune_dir = tune(config, console)
+    console.tune_summary(tune_dir)
+    print(tune_dir)
 
 
 def _plan(args: argparse.Namespace) -> None:
@@ -138,13 +142,15 @@ def _submit(args: argparse.Namespace) -> None:
 
 def _nightly(args: argparse.Namespace) -> None:
     from distrec.config import load_config
+    from distrec.console import Console
     from distrec.loopback import bind_local_ray_to_loopback
     from distrec.nightly.job import default_date, nightly, parse_date
 
     config = load_config(args.config, args.overrides)
     if config.ray.address is None:
         bind_local_ray_to_loopback()
-    print(nightly(config, parse_date(args.date) if args.date else default_date(), force=args.force).line())
+    date = parse_date(args.date) if args.date else default_date()
+    print(nightly(config, date, force=args.force, console=Console(verbose=args.verbose)).line())
 
 
 def _registry(args: argparse.Namespace) -> None:

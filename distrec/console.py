@@ -1,4 +1,5 @@
-"""What ``distrec run`` shows while it works: one live progress display, then a short summary.
+"""What ``distrec run`` and ``distrec tune`` show while they work: one live progress display, then a
+short summary.
 
 Progress reaches the driver through :class:`ProgressBoard`, a tiny Ray actor: rank 0 of every model
 sends it its position about once a second (fire-and-forget, off the training step's critical path)
@@ -141,9 +142,15 @@ class Console:
 
     def summary(self, run_dir: Path) -> None:
         """The headline of a finished run: student against base on test_id, test_ood and q1."""
-        report = json.loads((run_dir / "report.json").read_text())
+        self._finish(run_dir, summary_table(json.loads((run_dir / "report.json").read_text())))
+
+    def tune_summary(self, tune_dir: Path) -> None:
+        """A finished search's trials, best first (``distrec tune``)."""
+        self._finish(tune_dir, trials_table(json.loads((tune_dir / "tune.json").read_text())))
+
+    def _finish(self, out_dir: Path, lines: list[str]) -> None:
         took = _seconds(time.monotonic() - self.started)
-        self._write([f"done in {took}; logs in {run_dir / 'logs'}", *summary_table(report)])
+        self._write([f"done in {took}; logs in {out_dir / 'logs'}", *lines])
 
     # ------------------------------------------------------------------ drawing
 
@@ -225,6 +232,17 @@ def summary_table(report: dict[str, Any]) -> list[str]:
         if row.interval is not None:
             line += f"  [{row.interval[0]:+.4f}, {row.interval[1]:+.4f}]"
         out.append(line)
+    return out
+
+
+def trials_table(result: dict[str, Any], most: int = 10) -> list[str]:
+    """A search's trials (tune.json), best first: valid AUC, best epoch and settings; the first ``most``."""
+    trials = result["trials"]
+    out = [f"{'valid AUC':>9}  {'epoch':>5}  settings"]
+    for t in trials[:most]:
+        out.append(f"{t['valid_auc']:>9.4f}  {t['best_epoch'] + 1:>5}  {json.dumps(t['params'])}")
+    if len(trials) > most:
+        out.append(f"... {len(trials) - most} more in tune.json")
     return out
 
 

@@ -67,15 +67,29 @@ def test_resume_refuses_another_configuration(tiny_dataset: tuple[Path, Manifest
     assert main(["run", "--resume", str(tmp_path / "nothing")]) == 3
 
 
-def test_tune_searches_on_valid_and_writes_the_best_config(
-    ray_local: None, tiny_dataset: tuple[Path, Manifest], tmp_path: Path
-) -> None:
+def test_tune_searches_on_valid_and_writes_the_best_config(tiny_dataset: tuple[Path, Manifest], tmp_path: Path) -> None:
+    """As a user starts it (its own process and embedded Ray, output to a pipe): the search, and a console
+    that shows the stages and the ranked trials while the libraries' output goes to RUN_DIR/logs."""
     root, _ = tiny_dataset
     space = "tune.space={train.sparse_lr: [0.01, 0.3]}"
     # a relative data path (as data.cache_dir is by default): Ray Tune runs each trial in a directory of its own
     relative = os.path.relpath(root)
     args = ["tune", "jobs/local.yaml", f"data.path={relative}", f"runs_dir={tmp_path}", "run_id=t", *TINY, space]
-    assert main(args) == 0
+    done = subprocess.run(
+        [sys.executable, "-m", "distrec.cli", *args, "ray.num_cpus=8"],
+        env={**os.environ, "PYTHONPATH": str(Path.cwd())},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    console = done.stdout + done.stderr
+    assert done.returncode == 0, console[-3000:]
+    lines = console.splitlines()
+    assert lines[-1] == str(tmp_path / "t") and len(lines) <= 25, console
+    assert any("2/2 trials done, best valid AUC" in line for line in lines), console
+    for noise in ("Trial status", "Reporting training result", "TrainController", "(raylet)"):
+        assert noise not in console, noise
+    assert "Trial status" in (tmp_path / "t" / "logs" / "driver.log").read_text()
     result = json.loads((tmp_path / "t" / "tune.json").read_text())
     assert result["target"] == "base" and result["metric"] == "valid_auc"
     trials = result["trials"]

@@ -32,7 +32,7 @@ import statistics
 import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distrec.config import Config, to_yaml
 from distrec.data.days import day_rows, window_view
@@ -43,6 +43,9 @@ from distrec.eval.evaluate import PAIRED_METRICS, activity_groups_of, evaluate_e
 from distrec.io import atomic_write_json, atomic_write_text
 from distrec.nightly.gates import check_gates, gate_table
 from distrec.nightly.registry import CHALLENGER, CHAMPION, Registry
+
+if TYPE_CHECKING:
+    from distrec.console import Console
 
 log = logging.getLogger("distrec")
 GATES = "gates.json"
@@ -200,8 +203,9 @@ def _write_gates(run_dir: Path, record: dict[str, Any]) -> None:
     atomic_write_text(run_dir / "report.md", report + text)
 
 
-def nightly(config: Config, date: str, force: bool = False) -> Outcome:
-    """One night (module docstring); raises DataError on bad data, NotPromoted when not promoted."""
+def nightly(config: Config, date: str, force: bool = False, console: Console | None = None) -> Outcome:
+    """One night (module docstring); raises DataError on bad data, NotPromoted when not promoted. A
+    ``console`` shows the training run's stages, with the libraries' output in its RUN_DIR/logs."""
     if not config.data.path:
         raise ConfigError("distrec nightly needs data.path: a day store (distrec.data.days)")
     store = Path(config.data.path)
@@ -242,7 +246,7 @@ def nightly(config: Config, date: str, force: bool = False) -> Outcome:
         from distrec.orchestrate.pipeline import run
 
         log.info("nightly %s: training on %s..%s, champion %s", date, window[0], window[-1], champion or "none")
-        run_dir = run(run_config)
+        run_dir = run(run_config, console=console)
 
     passed, rows, values = _gate(config, run_dir, view, exports)
     record = {

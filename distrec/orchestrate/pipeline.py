@@ -28,7 +28,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -253,19 +253,33 @@ def run(config: Config, resume: Path | None = None, console: Console | None = No
     ctx = open_run(config, resume)
     ctx.console = console
     ctx.timeline.append(("data and checks", started))
-    logs = ctx.run_dir / "logs"
-    quiet = console is not None and not console.verbose
-    with console.session(logs) if console else nullcontext():
-        ctx.stage("starting Ray")
-        with ray_session(ctx.config.ray, logs if quiet else None):  # Ray's logs are copied as it ends
-            if console is not None:
-                ctx.progress = ray.remote(num_cpus=0)(ProgressBoard).remote()
-                console.attach(ctx.progress)
+    with console_session(ctx):
+        with ray_with_progress(ctx):
             train_teachers(ctx)
             train_students(ctx)
             metrics = evaluate(ctx)
         ctx.stage("report")
         return write_run_report(ctx, metrics, time.perf_counter() - started)
+
+
+def console_session(ctx: RunContext) -> AbstractContextManager[None]:
+    """The console's session, if there is a console: library output into RUN_DIR/logs, the display live."""
+    return ctx.console.session(ctx.run_dir / "logs") if ctx.console is not None else nullcontext()
+
+
+@contextmanager
+def ray_with_progress(ctx: RunContext) -> Iterator[None]:
+    """Stage "starting Ray": the run's Ray session and, with a console, the ProgressBoard every model
+    reports to; a console that is not verbose keeps the workers' output off the driver's (Ray's logs are
+    copied into RUN_DIR/logs/ray as the session ends)."""
+    console = ctx.console
+    quiet = console is not None and not console.verbose
+    ctx.stage("starting Ray")
+    with ray_session(ctx.config.ray, ctx.run_dir / "logs" if quiet else None):
+        if console is not None:
+            ctx.progress = ray.remote(num_cpus=0)(ProgressBoard).remote()
+            console.attach(ctx.progress)
+        yield
 
 
 def _keep(ctx: RunContext, trained: TrainedModel) -> None:

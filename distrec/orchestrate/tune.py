@@ -14,29 +14,34 @@ student distils only their columns). Results, written into ``<runs_dir>/<run_id>
 
     tune.json    every trial's settings, best valid AUC and best epoch, ranked
     best.yaml    the run configuration with the best settings applied
+    logs/        the libraries' output (Ray Tune's status tables, Ray Train's, the workers'), as a run's
+
+The console shows the stages and the trials done, then the trials ranked (``distrec.console``).
 """
 
 from __future__ import annotations
 
 import json
-import logging
+import math
 import os
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import ray
 from omegaconf import OmegaConf
+from ray import tune as ray_tune
 
 from distrec.config import Config, to_yaml
+from distrec.console import Console
 from distrec.errors import ConfigError
 from distrec.io import atomic_write_json, atomic_write_text
 from distrec.orchestrate.pipeline import (
     RunContext,
     configure_ray_data,
+    console_session,
     open_run,
-    ray_session,
+    ray_with_progress,
     score_soft_labels,
     student_variants,
     train_teachers,
@@ -44,7 +49,6 @@ from distrec.orchestrate.pipeline import (
 from distrec.orchestrate.trainers import fit
 from distrec.train.loop import WorkerTask
 
-log = logging.getLogger("distrec")
 DISTRIBUTIONS = ("loguniform", "uniform", "choice")
 SCORING_KEYS = ("distill.bank_size", "distill.bank_groups", "distill.mediator_samples")  # of the soft labels
 
@@ -64,15 +68,13 @@ def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
 
 def param_space(space: dict[str, Any]) -> dict[str, Any]:
     """Ray Tune's search space from the config's ``tune.space``; ConfigError on a malformed entry."""
-    from ray import tune
-
     out: dict[str, Any] = {}
     for key, spec in space.items():
         if isinstance(spec, list):
-            out[key] = tune.grid_search(spec)
+            out[key] = ray_tune.grid_search(spec)
         elif isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in DISTRIBUTIONS:
             kind, args = next(iter(spec.items()))
-            out[key] = tune.choice(list(args)) if kind == "choice" else getattr(tune, kind)(*args)
+            out[key] = ray_tune.choice(list(args)) if kind == "choice" else getattr(ray_tune, kind)(*args)
         else:
             raise ConfigError(f"tune.space.{key} must be a list (grid) or one of {list(DISTRIBUTIONS)}, got {spec!r}")
     return out
@@ -120,10 +122,38 @@ def _trial_task(config: Config, ctx: RunContext, soft_labels: list[str] | None) 
     return ctx.task(teacher, config.seed + i, config.train)
 
 
-def tune(config: Config) -> Path:
-    """Run the search; returns the finished tuning directory."""
-    from ray import tune as ray_tune
+def trial_count(config: Config) -> int:
+    """How many trials ``tune.space`` makes: every grid point ``tune.num_samples`` times."""
+    grid = math.prod(len(spec) for spec in config.tune.space.values() if isinstance(spec, list))
+    return grid * config.tune.num_samples
 
+
+class TrialProgress(ray_tune.Callback):
+    """The search's progress on the console (Ray Tune's own status tables go to RUN_DIR/logs)."""
+
+    def __init__(self, console: Console, total: int) -> None:
+        self.console: Console | None = console
+        self.total, self.done = total, 0
+        self.best: tuple[float, dict[str, Any]] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Ray Tune pickles its run configuration (to restore an experiment); the console stays here."""
+        return {**self.__dict__, "console": None}
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        if self.console is None:
+            return
+        self.done += 1
+        auc = (trial.last_result or {}).get("valid_auc")
+        if auc is not None and math.isfinite(auc) and (self.best is None or auc > self.best[0]):
+            self.best = (auc, trial.config)
+        best = "" if self.best is None else f", best valid AUC {self.best[0]:.4f} at {json.dumps(self.best[1])}"
+        self.console.advance(f"{self.done}/{self.total} trials done{best}")
+
+
+def tune(config: Config, console: Console | None = None) -> Path:
+    """Run the search; returns the finished tuning directory. A ``console`` shows the stages (the
+    teachers' training for a student search, then the trials), with the libraries' output in RUN_DIR/logs."""
     if not config.tune.space:
         raise ConfigError(
             "tune.space is empty: give the settings to search, e.g. tune.space={train.sparse_lr: [0.05, 0.1]}"
@@ -133,24 +163,29 @@ def tune(config: Config) -> Path:
     started = time.perf_counter()
     ctx = open_run(config)
     # Ray Tune runs each trial in a working directory of its own: the trials need absolute paths
-    ctx = replace(ctx, run_dir=ctx.run_dir.resolve(), root=ctx.root.resolve())
+    ctx = replace(ctx, run_dir=ctx.run_dir.resolve(), root=ctx.root.resolve(), console=console)
+    ctx.timeline.append(("data and checks", started))
     rescore = config.tune.target == "student" and any(key in SCORING_KEYS for key in space)
-    with ray_session(config.ray):
+    with console_session(ctx), ray_with_progress(ctx):
         soft_labels = None
         if config.tune.target == "student":
             train_teachers(ctx)
             soft_labels = None if rescore else score_soft_labels(ctx)
+        ctx.stage("trials")
+        # what the trials (in Ray Tune's actors) see of the run: not the console, which stays in this
+        # process, nor its progress board
+        shared = replace(ctx, console=None, progress=None)
 
         def trial(params: dict[str, Any]) -> None:
             trial_config = with_overrides(config, params)
-            trial_dir = ctx.run_dir / "trials" / ray_tune.get_context().get_trial_id()
+            trial_dir = shared.run_dir / "trials" / ray_tune.get_context().get_trial_id()
             labels = soft_labels
             if rescore:  # this trial's soft labels, from the teachers trained above, into its own directory
                 configure_ray_data(trial_config.ray)
                 trial_dir.mkdir(parents=True, exist_ok=True)
-                trial_ctx = replace(ctx, config=trial_config, run_dir=trial_dir, models=ctx.run_dir / "models")
-                labels = score_soft_labels(trial_ctx)
-            trained = fit(_trial_task(trial_config, ctx, labels), str(trial_dir.resolve()))
+                own = replace(shared, config=trial_config, run_dir=trial_dir, models=shared.run_dir / "models")
+                labels = score_soft_labels(own)
+            trained = fit(_trial_task(trial_config, shared, labels), str(trial_dir.resolve()))
             curve = trained.metrics.get("curve") or []
             best = max(curve, key=lambda p: p["valid_auc"]) if curve else {"valid_auc": float("nan"), "epoch": -1}
             ray_tune.report({"valid_auc": best["valid_auc"], "best_epoch": best["epoch"]})
@@ -164,7 +199,11 @@ def tune(config: Config) -> Path:
                 num_samples=config.tune.num_samples,
                 max_concurrent_trials=config.tune.max_concurrent_trials,
             ),
-            run_config=ray.tune.RunConfig(storage_path=str((ctx.run_dir / "tune").resolve()), name="search"),
+            run_config=ray_tune.RunConfig(
+                storage_path=str((ctx.run_dir / "tune").resolve()),
+                name="search",
+                callbacks=[TrialProgress(console, trial_count(config))] if console is not None else None,
+            ),
         )
         results = tuner.fit()
     trials = []
@@ -189,5 +228,4 @@ def tune(config: Config) -> Path:
     atomic_write_text(ctx.run_dir / "best.yaml", to_yaml(with_overrides(config, best["params"])))
     final = ctx.run_dir.with_name(ctx.run_dir.name.removesuffix(".partial"))
     os.replace(ctx.run_dir, final)
-    log.info("best valid AUC %.4f with %s", best["valid_auc"], json.dumps(best["params"]))
     return final
