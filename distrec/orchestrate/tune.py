@@ -164,7 +164,6 @@ def tune(config: Config, console: Console | None = None) -> Path:
     ctx = open_run(config)
     # Ray Tune runs each trial in a working directory of its own: the trials need absolute paths
     ctx = replace(ctx, run_dir=ctx.run_dir.resolve(), root=ctx.root.resolve(), console=console)
-    ctx.timeline.append(("data and checks", started))
     rescore = config.tune.target == "student" and any(key in SCORING_KEYS for key in space)
     with console_session(ctx), ray_with_progress(ctx):
         soft_labels = None
