@@ -162,7 +162,10 @@ def evaluate_export(
     return out
 
 
-PAIRED_METRICS = {"auc": paired_auc_interval, "logloss": paired_logloss_interval}
+PAIRED_METRICS: dict[str, Callable[..., tuple[float, float]]] = {
+    "auc": paired_auc_interval,
+    "logloss": paired_logloss_interval,
+}
 """The metrics with a paired bootstrap interval (distrec.eval.metrics), by the last part of a metric path."""
 
 
