@@ -188,6 +188,10 @@ def _fmt(x: Any) -> str:
     return str(x)
 
 
+def _seconds(x: Any) -> str:
+    return f"{x:.1f} s" if isinstance(x, int | float) and math.isfinite(x) else "n/a"
+
+
 def _interval(interval: tuple[float, float] | None) -> str:
     return "n/a" if interval is None else f"[{interval[0]:+.4f}, {interval[1]:+.4f}]"
 
@@ -278,7 +282,7 @@ def _markdown(report: Mapping[str, Any], plots: list[tuple[str, str]]) -> str:
         settings = ", ".join(f"{k}={_fmt(v)}" for k, v in chosen.items() if k not in ("curve", "valid_auc"))
         lines += [f"Peer `{name}`: plain PyTorch matrix factorisation, chosen on valid ({settings}).", ""]
     lines += [
-        f"The configuration of this run is `config.yaml` beside this report; it took {_fmt(run.get('seconds'))} s."
+        f"The configuration of this run is `config.yaml` beside this report; it took {_seconds(run.get('seconds'))}."
     ]
     return "\n".join(lines) + "\n"
 
