@@ -145,7 +145,9 @@ def build_training(task: WorkerTask, manifest: Manifest, world: int, device: tor
     model = model_from_config(spec, manifest, torch.device("meta"))
     objective = Objective(model, task.distill, task.crl, list(penalised(task, manifest).confounders.values()))
     tables = [p for m in embedding_modules(model) for p in m.parameters()]
-    apply_optimizer_in_backward(_sparse_optimizer(train.sparse_optimizer), tables, {"lr": train.sparse_lr})
+    table_names = {name for name, p in objective.named_parameters() if any(p is t for t in tables)}
+    sparse_optimizer = _sparse_optimizer(train.sparse_optimizer)
+    apply_optimizer_in_backward(sparse_optimizer, tables, {"lr": train.sparse_lr})
 
     planner = make_planner(objective, world, train.device, train.sharding_types, train.batch_size)
     plan = planner.collective_plan(objective, get_default_sharders(), dist.GroupMember.WORLD)
@@ -153,8 +155,18 @@ def build_training(task: WorkerTask, manifest: Manifest, world: int, device: tor
         objective, env=ShardingEnv.from_process_group(dist.GroupMember.WORLD), device=device, plan=plan
     )
     # the CRL critic is trained by its own optimiser inside objective.loss (distrec.train.objective)
-    dense = {k: v for k, v in in_backward_optimizer_filter(dmp.named_parameters()) if ".critic." not in k}
+    rest = {k: v for k, v in in_backward_optimizer_filter(dmp.named_parameters()) if ".critic." not in k}
+    dense = {k: v for k, v in rest.items() if k not in table_names}
     groups = [KeyedOptimizerWrapper(dense, lambda ps: torch.optim.Adam(ps, lr=train.dense_lr))]
+    # data_parallel tables are replicated dense parameters that TorchRec does not fuse: they keep the
+    # tables' optimizer (not the dense layers' Adam at dense_lr), stepped after the backward
+    replicated = {k: v for k, v in rest.items() if k in table_names}
+    if replicated:
+
+        def tables_optimizer(params: Any) -> torch.optim.Optimizer:
+            return sparse_optimizer(params, lr=train.sparse_lr)  # type: ignore[call-arg]  # every choice takes lr
+
+        groups.append(KeyedOptimizerWrapper(replicated, tables_optimizer))
     return Training(dmp, CombinedOptimizer([dmp.fused_optimizer, *groups]), plan, spec)
 
 
