@@ -71,6 +71,8 @@ def _rows(details: dict[str, dict[str, object]]) -> list[tuple[str, ...]]:
             measured = f"{_n(d.get('two_workers_samples_per_s'))} samples/s, 2 workers"
             reference = f"{_n(d.get('one_worker_samples_per_s'))} samples/s, 1 worker"
             size = f"{_n(d.get('rows'))} rows, {d.get('model')}"
+            if "data_parallel_ratio" in d:
+                size += f"; its tables data_parallel: {d.get('data_parallel_ratio')}"
             if "demo_ratio" in d:
                 size += f"; the demo's {d.get('demo_model')}: {d.get('demo_ratio')}"
         elif key == "f":
@@ -208,6 +210,14 @@ def _reading(details: dict[str, dict[str, object]], info: dict[str, object]) -> 
             "the slower one; the file reader's ranks no longer exchange a flag each step (their step counts "
             "come from the Parquet footers). The wider model does about 40x the MLP arithmetic per row for a "
             "comparable number of collectives, which is where a second worker can pay. "
+            + (
+                f"With its tables replicated (`train.sharding_types=[data_parallel]`: no embedding all-to-alls, "
+                f"the tables' gradients all-reduced with the dense ones) two workers ran "
+                f"{_n(d.get('two_workers_data_parallel_samples_per_s'))} samples/s, "
+                f"{d.get('data_parallel_ratio')} of one. "
+                if "data_parallel_ratio" in d
+                else ""
+            )
             + (
                 "With a load average above the core count the two workers rarely hold a core each at the "
                 "same moment, so these figures measure the machine's contention as much as distrec."

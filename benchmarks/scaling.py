@@ -6,9 +6,12 @@ default without a dataset), differing only in ``train.num_workers``; runs altern
 Two models: the headline is a compute-bound one (``COMPUTE_BOUND``: the first teacher of
 ``jobs/local.yaml`` with wider tables and MLP, where a step's arithmetic outweighs its collectives),
 and the demo teacher itself is reported beside it (``demo_*``, full runs only), whose tiny tables and
-layers leave each step mostly collectives. Throughput is the trainer's own ``rows`` /
-``seconds`` metrics (``distrec.train.loop``: from the first batch request after the model is sharded
-to the end of the epoch), so Ray start-up, worker-group start-up and sharding are not counted.
+layers leave each step mostly collectives. A third side runs the compute-bound teacher on 2 workers
+with its tables replicated (``train.sharding_types=[data_parallel]``: no embedding all-to-alls, the
+table gradients all-reduced with the dense ones, the same table optimizer): ``data_parallel_ratio``.
+Throughput is the trainer's own ``rows`` / ``seconds`` metrics (``distrec.train.loop``: from the first
+batch request after the model is sharded to the end of the epoch), so Ray start-up, worker-group
+start-up and sharding are not counted.
 The load average is recorded around the runs: on a shared machine it says how many cores were free.
 """
 
@@ -59,17 +62,20 @@ def run(out: Path, quick: bool) -> dict[str, object]:
     manifest = Manifest.read(root)
     teacher = config.teachers[0]
 
-    def side(workers: int, model: ModelConfig) -> float:
-        task = WorkerTask(
-            model=model,
-            train=replace(config.train, num_workers=workers, epochs=1),
-            dataset=str(root.resolve()),
-        )
-        return fit_throughput(task, out)
+    def side(workers: int, model: ModelConfig, sharding_types: tuple[str, ...] = ()) -> float:
+        train = replace(config.train, num_workers=workers, epochs=1, sharding_types=list(sharding_types))
+        return fit_throughput(WorkerTask(model=model, train=train, dataset=str(root.resolve())), out)
 
     wide = replace(teacher, **COMPUTE_BOUND)
     load_before = load_average()
-    results = interleave({"one": lambda: side(1, wide), "two": lambda: side(2, wide)}, repeats)
+    results = interleave(
+        {
+            "one": lambda: side(1, wide),
+            "two": lambda: side(2, wide),
+            "two_dp": lambda: side(2, wide, ("data_parallel",)),
+        },
+        repeats,
+    )
     demo_side: dict[str, object] = {}
     if not quick:  # the demo teacher beside the headline
         demo = interleave({"one": lambda: side(1, teacher), "two": lambda: side(2, teacher)}, repeats)
@@ -86,6 +92,9 @@ def run(out: Path, quick: bool) -> dict[str, object]:
         "ratio_spread": spread(results["two"], results["one"]),
         "loaded": loaded(load_before),
         "two_workers_samples_per_s": round(median(results["two"])),
+        "data_parallel_ratio": ratio(results["two_dp"], results["one"]),
+        "data_parallel_ratio_spread": spread(results["two_dp"], results["one"]),
+        "two_workers_data_parallel_samples_per_s": round(median(results["two_dp"])),
         "one_worker_samples_per_s": round(median(results["one"])),
         "model": f"{wide.arch} dim {wide.dim} hidden {wide.hidden}",
         **demo_side,
