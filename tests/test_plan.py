@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from pathlib import Path
 
 import pytest
@@ -40,6 +42,35 @@ def test_cli_prints_the_plan(tiny_dataset: tuple[Path, Manifest], capsys: pytest
     assert main(["plan", "jobs/local.yaml", f"data.path={root}", "train.sharding_types=[row_wise]"]) == 3
 
 
+def _table_optimizers(root: Path, manifest: Manifest, sharding_types: list[str]) -> dict[str, tuple[str, float]]:
+    """Each parameter's optimizer in ``build_training`` on one gloo rank: (its class, its learning rate),
+    ("fused", lr) for the optimizer fused into the backward. Run in a process of its own: TorchRec keeps
+    the group's store alive past ``destroy_process_group`` (a listening socket test_security would see)."""
+    import socket
+
+    import torch
+    import torch.distributed as dist
+
+    from distrec.config import ModelConfig, TrainConfig
+    from distrec.train.loop import WorkerTask, build_training
+
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # as distrec's local runs: gloo on the loopback interface
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    train = TrainConfig(num_workers=1, sharding_types=sharding_types, sparse_lr=0.2, dense_lr=0.003)
+    task = WorkerTask(model=ModelConfig(name="fm", arch="deepfm", dim=8, hidden=[16]), train=train, dataset=str(root))
+    training = build_training(task, manifest, 1, torch.device("cpu"))
+    out = {}
+    for _, keyed in training.optimizer.optimizers:
+        inner = getattr(keyed, "_optimizer", None)  # a KeyedOptimizerWrapper's torch optimizer; the fused one has none
+        kind = type(inner).__name__ if inner is not None else "fused"
+        for name in keyed.params:
+            out[name] = (kind, inner.param_groups[0]["lr"] if inner is not None else train.sparse_lr)
+    return out
+
+
 @pytest.mark.parametrize(("sharding_types", "fused"), [([], True), (["data_parallel"], False)])
 def test_tables_keep_their_optimizer_whatever_the_sharding(
     tiny_dataset: tuple[Path, Manifest], sharding_types: list[str], fused: bool
@@ -47,39 +78,13 @@ def test_tables_keep_their_optimizer_whatever_the_sharding(
     """Sharded tables get the fused sparse optimizer; data_parallel ones (dense replicas that TorchRec
     does not fuse) get the same optimizer at the same learning rate, never the dense layers' Adam
     (which once trained them at dense_lr: valid AUC 0.700 against 0.762 after an epoch)."""
-    import socket
-
-    import torch
-    import torch.distributed as dist
-    from torchrec.optim import RowWiseAdagrad
-
-    from distrec.config import ModelConfig, TrainConfig
-    from distrec.train.loop import WorkerTask, build_training
-
     root, manifest = tiny_dataset
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    try:
-        train = TrainConfig(num_workers=1, sharding_types=sharding_types, sparse_lr=0.2, dense_lr=0.003)
-        model = ModelConfig(name="fm", arch="deepfm", dim=8, hidden=[16])
-        task = WorkerTask(model=model, train=train, dataset=str(root))
-        training = build_training(task, manifest, 1, torch.device("cpu"))
-        holders = {}
-        for _, keyed in training.optimizer.optimizers:
-            inner = getattr(keyed, "_optimizer", None)  # a KeyedOptimizerWrapper's torch optimizer
-            for name in keyed.params:
-                holders[name] = inner
-        tables = [n for n in holders if ".embedding_bags." in n]
-        assert len(tables) == len(manifest.sparse)
-        for name in tables:
-            if fused:
-                assert holders[name] is None, name  # the fused optimizer inside the backward
-            else:
-                assert isinstance(holders[name], RowWiseAdagrad), (name, holders[name])
-                assert holders[name].param_groups[0]["lr"] == 0.2
-        dense = [opt for n, opt in holders.items() if n not in tables]
-        assert dense and all(isinstance(opt, torch.optim.Adam) for opt in dense)
-    finally:
-        dist.destroy_process_group()
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        holders = pool.apply(_table_optimizers, (root, manifest, sharding_types))
+    tables = [n for n in holders if ".embedding_bags." in n]
+    assert len(tables) == len(manifest.sparse)
+    for name in tables:
+        assert holders[name] == ("fused" if fused else "RowWiseAdagrad", 0.2), name
+    dense = [kind for n, (kind, lr) in holders.items() if n not in tables]
+    assert dense and set(dense) == {"Adam"}
+    assert all(lr == 0.003 for n, (kind, lr) in holders.items() if n not in tables)
