@@ -47,7 +47,7 @@ RUN = [
     "train.placement_strategy=STRICT_SPREAD",
     "train.collective_timeout_s=60",
     "distill.bank_size=16",
-    "distill.score_batch_size=16",  # small scoring calls: the stream lasts long enough to be cut in its middle
+    "distill.score_batch_size=8",  # small scoring calls: the stream lasts long enough to be cut in its middle
     "teachers=[{name: fm, arch: deepfm, dim: 8, hidden: [16]}]",
     "student.dim=8",
     "student.hidden=[16]",
@@ -185,7 +185,7 @@ class Driver:
             running = [a for a in cluster.actors() if a["class_name"] == class_name and a["state"] == "ALIVE"]
             return running if len(running) == count else []
 
-        return self.wait_for(found, f"{count} live {class_name}", every=1.0)
+        return self.wait_for(found, f"{count} live {class_name}", every=0.25)  # a scorer may live a few seconds
 
     def finish(self, timeout: float = RUN_TIMEOUT_S) -> None:
         """Wait for the run to end successfully."""
