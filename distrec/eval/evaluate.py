@@ -198,8 +198,8 @@ def paired_intervals(
             )
         mine, theirs = scored[split]
         rows = groups[mine["users"]] == GROUP_NAMES.index(group[-1]) if group else slice(None)
-        interval = PAIRED_METRICS[metric]
-        out[path] = interval(
+        paired = PAIRED_METRICS[metric]
+        out[path] = paired(
             mine["users"][rows], mine["labels"][rows], mine["probs"][rows], theirs[rows], resamples, level, seed
         )
     return out

@@ -301,10 +301,10 @@ class Worker:
         if bias is None:
             return {}
         columns = penalised(self.task, self.manifest).confounders
-        offsets = {
-            column: [round(float(v), 4) for v in table.detach().cpu() - table.detach().cpu().mean()]
-            for column, table in zip(columns, bias.offsets, strict=True)
-        }
+        offsets = {}
+        for column, table in zip(columns, bias.offsets, strict=True):
+            values = table.detach().cpu()
+            offsets[column] = [round(float(v), 4) for v in values - values.mean()]
         return {"confounder_offsets": offsets}
 
     def train_epoch(self, epoch: int) -> torch.Tensor:
