@@ -113,6 +113,8 @@ def _ids(chunk: Chunk, name: str, cardinality: int) -> np.ndarray:
 def _floats(chunk: Chunk, names: Sequence[str]) -> np.ndarray:
     """The columns ``names`` as a float32 matrix [rows, len(names)]; nulls, NaN and infinities are refused."""
     out = np.empty((chunk.records.num_rows, len(names)), dtype=np.float32)
+    if not names:
+        return out
     for j, name in enumerate(names):
         out[:, j] = chunk.records.column(name).to_numpy(zero_copy_only=False)  # nulls arrive as NaN
     if not np.isfinite(out).all():
@@ -131,7 +133,7 @@ class _Rows:
     offsets: np.ndarray  # [n + 1]: row i's history is history[offsets[i]:offsets[i + 1]]
     history_lengths: np.ndarray  # [n] int32: offsets[1:] - offsets[:-1]
     labels: np.ndarray  # [n] float32
-    weights: np.ndarray  # [n] float32 ones: each batch's weights are a view (a batch costs no allocation for them)
+    weights: np.ndarray  # [n] float32 ones: a view of the builder's kept ones (no allocation a chunk)
     dense: np.ndarray  # [n, num dense] float32
     confounders: np.ndarray  # [n, num confounders] int64
     soft_labels: np.ndarray  # [n, num soft-label columns] float32
@@ -177,13 +179,18 @@ class BatchBuilder:
         self.cardinality = manifest.cardinality
         self.soft_label_columns = list(soft_label_columns)
         self.confounders = list(manifest.confounders)
-        self._int32_ones = np.ones(0, dtype=np.int32)
+        # what every chunk's conversion looks up, resolved once
+        self._id_columns = [(s.name, s.cardinality, s.rows) for s in manifest.sparse]
+        self._history_rows = manifest.table_rows[ITEM]
+        self._kept_ones: dict[type, np.ndarray] = {}
 
-    def _ones(self, n: int) -> np.ndarray:
-        """n int32 ones, a view of one array kept for every batch (grown when a batch needs more)."""
-        if self._int32_ones.size < n:
-            self._int32_ones = np.ones(n, dtype=np.int32)
-        return self._int32_ones[:n]
+    def _ones(self, n: int, dtype: type = np.int32) -> np.ndarray:
+        """n ones, views of one array a dtype kept for every chunk and batch (grown on demand): nothing
+        writes into a batch's lengths or weights (padding and bootstrap weights replace the tensor)."""
+        kept = self._kept_ones.get(dtype)
+        if kept is None or kept.size < n:
+            kept = self._kept_ones[dtype] = np.ones(n, dtype=dtype)
+        return kept[:n]
 
     @property
     def columns(self) -> list[str]:
@@ -220,12 +227,16 @@ class BatchBuilder:
 
     def _rows(self, chunk: Chunk) -> _Rows:
         n = chunk.records.num_rows
-        ids = [table_index(_ids(chunk, s.name, s.cardinality), s.cardinality, s.rows) for s in self.manifest.sparse]
+        ids = [
+            table_index(_ids(chunk, name, cardinality), cardinality, rows)
+            for name, cardinality, rows in self._id_columns
+        ]
         confounders = np.empty((n, len(self.confounders)), dtype=np.int64)
         for j, (name, cardinality) in enumerate(self.manifest.confounders.items()):
             confounders[:, j] = _ids(chunk, name, cardinality)
-        history, offsets = np.empty(0, dtype=np.int64), np.zeros(n + 1, dtype=np.int64)
-        if self.manifest.history_max_len > 0:
+        if self.manifest.history_max_len == 0:
+            history, offsets = np.empty(0, dtype=np.int64), np.zeros(n + 1, dtype=np.int64)
+        else:
             lists = chunk.records.column(HISTORY)
             if lists.null_count:
                 lists = pc.fill_null(lists, pa.scalar([], lists.type))  # a null list is an empty history
@@ -235,15 +246,16 @@ class BatchBuilder:
                 raise DataError(f"{_where(chunk)}column {HISTORY!r}: {items.null_count} null ids inside lists")
             history = items.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
             _check_range(chunk, HISTORY, history, self.cardinality[ITEM])
-            history = table_index(history, self.cardinality[ITEM], self.manifest.table_rows[ITEM])
-            offsets = offsets - offsets[0]
+            history = table_index(history, self.cardinality[ITEM], self._history_rows)
+            if offsets[0]:
+                offsets = offsets - offsets[0]
         return _Rows(
             ids,
             history,
             offsets,
-            np.diff(offsets).astype(np.int32),
+            (offsets[1:] - offsets[:-1]).astype(np.int32, copy=False),  # Arrow's list offsets are int32 already
             _floats(chunk, [LABEL]).reshape(-1),
-            np.ones(n, dtype=np.float32),
+            self._ones(n, np.float32),
             _floats(chunk, self.manifest.dense),
             confounders,
             _floats(chunk, self.soft_label_columns),
