@@ -139,7 +139,7 @@ def build_training(task: WorkerTask, manifest: Manifest, world: int, device: tor
     from distrec.models.architectures import model_from_config
     from distrec.models.base import embedding_modules
     from distrec.train.objective import Objective
-    from distrec.train.sharding import make_planner
+    from distrec.train.sharding import OneRank, make_planner
 
     spec, train = task.model, task.train
     model = model_from_config(spec, manifest, torch.device("meta"))
@@ -152,7 +152,11 @@ def build_training(task: WorkerTask, manifest: Manifest, world: int, device: tor
     planner = make_planner(objective, world, train.device, train.sharding_types, train.batch_size)
     plan = planner.collective_plan(objective, get_default_sharders(), dist.GroupMember.WORLD)
     dmp = DistributedModelParallel(
-        objective, env=ShardingEnv.from_process_group(dist.GroupMember.WORLD), device=device, plan=plan
+        objective,
+        env=ShardingEnv.from_process_group(dist.GroupMember.WORLD),
+        device=device,
+        plan=plan,
+        data_parallel_wrapper=OneRank() if world == 1 else None,
     )
     # the CRL critic is trained by its own optimiser inside objective.loss (distrec.train.objective)
     rest = {k: v for k, v in in_backward_optimizer_filter(dmp.named_parameters()) if ".critic." not in k}
