@@ -7,10 +7,10 @@ torch thread (as ``distrec.train.loop`` sets), alternating blocks of steps:
 - ``torchrec``: the construction of ``distrec.train.loop.train_worker`` step by step: tables on the
   meta device, ``apply_optimizer_in_backward`` (row-wise Adagrad, the default ``sparse_optimizer``),
   ``planner.collective_plan``, ``DistributedModelParallel`` (fbgemm TBE, fused kernel),
-  ``CombinedOptimizer`` with Adam for the dense layers, ``TrainPipelineSparseDist.progress``.
+  ``CombinedOptimizer`` with fused Adam for the dense layers, ``TrainPipelineSparseDist.progress``.
 - ``plain_sparseadam``: the same model built on the CPU, whose TorchRec ``EmbeddingBagCollection`` is
   a dict of plain ``nn.EmbeddingBag`` modules, switched to ``sparse=True``; ``torch.optim.SparseAdam``
-  for the tables and Adam for the dense layers; ``loss.backward()`` then both ``step()``.
+  for the tables and the same fused Adam for the dense layers; ``loss.backward()`` then both ``step()``.
 - ``plain_adagrad``: the same model and tables with ``torch.optim.Adagrad`` (which takes sparse
   gradients), the plain optimizer closest to the fused row-wise Adagrad.
 
@@ -118,7 +118,8 @@ def _plain_steps(manifest: object, batches: list[object]) -> dict[str, object]:
         bag.sparse = True  # nn.EmbeddingBag(sparse=True): sparse gradients
     table_ids = {id(bag.weight) for bag in bags}
     tables = [bag.weight for bag in bags]
-    dense_opt = torch.optim.Adam([p for p in objective.parameters() if id(p) not in table_ids], lr=train.dense_lr)
+    dense = [p for p in objective.parameters() if id(p) not in table_ids]
+    dense_opt = torch.optim.Adam(dense, lr=train.dense_lr, fused=True)  # as distrec.train.loop's dense layers
     feed = itertools.cycle(batches)
 
     def stepper(sparse_opt: torch.optim.Optimizer) -> object:

@@ -161,7 +161,8 @@ def build_training(task: WorkerTask, manifest: Manifest, world: int, device: tor
     # the CRL critic is trained by its own optimiser inside objective.loss (distrec.train.objective)
     rest = {k: v for k, v in in_backward_optimizer_filter(dmp.named_parameters()) if ".critic." not in k}
     dense = {k: v for k, v in rest.items() if k not in table_names}
-    groups = [KeyedOptimizerWrapper(dense, lambda ps: torch.optim.Adam(ps, lr=train.dense_lr))]
+    # fused: one kernel over all the dense tensors (a wide teacher's Adam step: 233 against 539 us)
+    groups = [KeyedOptimizerWrapper(dense, lambda ps: torch.optim.Adam(ps, lr=train.dense_lr, fused=True))]
     # data_parallel tables are replicated dense parameters that TorchRec does not fuse: they keep the
     # tables' optimizer (not the dense layers' Adam at dense_lr), stepped after the backward
     replicated = {k: v for k, v in rest.items() if k in table_names}
