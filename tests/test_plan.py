@@ -42,10 +42,13 @@ def test_cli_prints_the_plan(tiny_dataset: tuple[Path, Manifest], capsys: pytest
     assert main(["plan", "jobs/local.yaml", f"data.path={root}", "train.sharding_types=[row_wise]"]) == 3
 
 
-def _table_optimizers(root: Path, manifest: Manifest, sharding_types: list[str]) -> dict[str, tuple[str, float]]:
-    """Each parameter's optimizer in ``build_training`` on one gloo rank: (its class, its learning rate),
-    ("fused", lr) for the optimizer fused into the backward. Run in a process of its own: TorchRec keeps
-    the group's store alive past ``destroy_process_group`` (a listening socket test_security would see)."""
+def _one_rank_training(
+    root: Path, manifest: Manifest, sharding_types: list[str]
+) -> tuple[dict[str, tuple[str, float]], str]:
+    """``build_training`` on one gloo rank: each parameter's optimizer (its class, its learning rate;
+    ("fused", lr) for the optimizer fused into the backward), and the class of the module DMP wraps.
+    Run in a process of its own: TorchRec keeps the group's store alive past ``destroy_process_group``
+    (a listening socket test_security would see)."""
     import socket
 
     import torch
@@ -68,7 +71,7 @@ def _table_optimizers(root: Path, manifest: Manifest, sharding_types: list[str])
         kind = type(inner).__name__ if inner is not None else "fused"
         for name in keyed.params:
             out[name] = (kind, inner.param_groups[0]["lr"] if inner is not None else train.sparse_lr)
-    return out
+    return out, type(training.dmp._dmp_wrapped_module).__name__
 
 
 @pytest.mark.parametrize(("sharding_types", "fused"), [([], True), (["data_parallel"], False)])
@@ -77,10 +80,12 @@ def test_tables_keep_their_optimizer_whatever_the_sharding(
 ) -> None:
     """Sharded tables get the fused sparse optimizer; data_parallel ones (dense replicas that TorchRec
     does not fuse) get the same optimizer at the same learning rate, never the dense layers' Adam
-    (which once trained them at dense_lr: valid AUC 0.700 against 0.762 after an epoch)."""
+    (which once trained them at dense_lr: valid AUC 0.700 against 0.762 after an epoch). One rank leaves
+    the dense layers unwrapped: DDP would have nothing to all-reduce."""
     root, manifest = tiny_dataset
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        holders = pool.apply(_table_optimizers, (root, manifest, sharding_types))
+        holders, wrapped = pool.apply(_one_rank_training, (root, manifest, sharding_types))
+    assert wrapped == "Objective"
     tables = [n for n in holders if ".embedding_bags." in n]
     assert len(tables) == len(manifest.sparse)
     for name in tables:
