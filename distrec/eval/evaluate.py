@@ -38,7 +38,7 @@ def score_files(
     if builder.confounders:
         out["confounders"] = []
     columns = sorted(set(builder.columns) | {USER, LABEL, *truth})
-    with torch.no_grad():
+    with torch.inference_mode():
         for path in files:
             for record_batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns):
                 table = pa.Table.from_batches([record_batch])
