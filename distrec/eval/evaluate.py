@@ -138,6 +138,28 @@ def _scorer(directory: str | Path, root: str | Path) -> tuple[torch.nn.Module, B
     return model, BatchBuilder(manifest.with_table_rows(trained_on.table_rows)), manifest
 
 
+def score_export(
+    directory: str | Path, root: str | Path, batch_size: int, splits: tuple[str, ...] = EVAL_SPLITS
+) -> dict[str, dict[str, np.ndarray]]:
+    """``score_files`` of the exported model at ``directory`` on each of ``splits`` that the dataset at
+    ``root`` has (any dataset with the model's columns: its ids, read into the model's tables)."""
+    torch.set_num_threads(1)
+    model, builder, manifest = _scorer(directory, root)
+    return {
+        split: score_files(model, builder, manifest.files(root, split), batch_size)
+        for split in splits
+        if split in manifest.splits
+    }
+
+
+def split_metrics(scored: dict[str, np.ndarray], groups: np.ndarray, k: int) -> dict[str, Any]:
+    """Every metric of one scored split (``score_files``), overall and per group."""
+    metrics = evaluate(scored["users"], scored["labels"], scored["probs"], groups=groups, k=k)
+    if "confounders" in scored:
+        metrics["confounder_mi"] = score_confounder_mi(scored["probs"], scored["confounders"])
+    return with_causal_error(metrics, scored, groups)
+
+
 def evaluate_export(
     directory: str | Path,
     root: str | Path,
@@ -146,20 +168,9 @@ def evaluate_export(
     batch_size: int,
     splits: tuple[str, ...] = EVAL_SPLITS,
 ) -> dict[str, Any]:
-    """``{split: metrics with per-group metrics}`` for one exported model on the dataset at ``root``
-    (any dataset with the model's columns: its ids, read into the model's tables)."""
-    torch.set_num_threads(1)
-    model, builder, manifest = _scorer(directory, root)
-    out: dict[str, Any] = {}
-    for split in splits:
-        if split not in manifest.splits:
-            continue
-        scored = score_files(model, builder, manifest.files(root, split), batch_size)
-        metrics = evaluate(scored["users"], scored["labels"], scored["probs"], groups=groups, k=k)
-        if "confounders" in scored:
-            metrics["confounder_mi"] = score_confounder_mi(scored["probs"], scored["confounders"])
-        out[split] = with_causal_error(metrics, scored, groups)
-    return out
+    """``{split: metrics with per-group metrics}`` for one exported model on the dataset at ``root``."""
+    scored = score_export(directory, root, batch_size, splits)
+    return {split: split_metrics(s, groups, k) for split, s in scored.items()}
 
 
 PAIRED_METRICS: dict[str, Callable[..., tuple[float, float]]] = {
@@ -170,37 +181,27 @@ PAIRED_METRICS: dict[str, Callable[..., tuple[float, float]]] = {
 
 
 def paired_intervals(
-    directory: str | Path,
-    reference: str | Path,
-    root: str | Path,
+    mine: dict[str, dict[str, np.ndarray]],
+    theirs: dict[str, dict[str, np.ndarray]],
     groups: np.ndarray,
     paths: list[tuple[str, ...]],
-    batch_size: int,
     resamples: int,
     seed: int,
     level: float = 0.95,
 ) -> dict[tuple[str, ...], tuple[float, float]]:
-    """The paired bootstrap interval of the model at ``directory`` minus that at ``reference`` for each
-    metric path (``(split, metric)`` or ``(split, "groups", NAME, metric)``, metric one of
-    ``PAIRED_METRICS``) whose split the dataset has; each split is scored once by each model."""
-    (model, builder, manifest), (ref_model, ref_builder, _) = _scorer(directory, root), _scorer(reference, root)
-    scored: dict[str, tuple[dict[str, np.ndarray], np.ndarray]] = {}
+    """The paired bootstrap interval of one model minus another, from their scores of the same rows
+    (``score_export`` of each on the same dataset), for each metric path (``(split, metric)`` or
+    ``(split, "groups", NAME, metric)``, metric one of ``PAIRED_METRICS``) whose split both scored."""
     out: dict[tuple[str, ...], tuple[float, float]] = {}
     for path in paths:
         split, *group, metric = path
-        if split not in manifest.splits:
+        if split not in mine or split not in theirs:
             continue
-        if split not in scored:
-            files = manifest.files(root, split)
-            scored[split] = (
-                score_files(model, builder, files, batch_size),
-                score_files(ref_model, ref_builder, files, batch_size)["probs"],
-            )
-        mine, theirs = scored[split]
-        rows = groups[mine["users"]] == GROUP_NAMES.index(group[-1]) if group else slice(None)
-        paired = PAIRED_METRICS[metric]
-        out[path] = paired(
-            mine["users"][rows], mine["labels"][rows], mine["probs"][rows], theirs[rows], resamples, level, seed
+        a, b = mine[split], theirs[split]
+        rows = groups[a["users"]] == GROUP_NAMES.index(group[-1]) if group else slice(None)
+        interval = PAIRED_METRICS[metric]
+        out[path] = interval(
+            a["users"][rows], a["labels"][rows], a["probs"][rows], b["probs"][rows], resamples, level, seed
         )
     return out
 
@@ -211,9 +212,10 @@ def _headline_intervals(
 ) -> dict[str, list[float]]:
     """``{row: [lo, hi]}``: the paired bootstrap interval of the AUC of the model at ``directory``
     minus that at ``reference``, on every headline row the dataset has."""
-    torch.set_num_threads(1)
     paths = {label: (*path, "auc") for label, path in HEADLINE}
-    intervals = paired_intervals(directory, reference, root, groups, list(paths.values()), batch_size, resamples, seed)
+    splits = tuple(dict.fromkeys(path[0] for path in paths.values()))
+    mine, theirs = (score_export(d, root, batch_size, splits) for d in (directory, reference))
+    intervals = paired_intervals(mine, theirs, groups, list(paths.values()), resamples, seed)
     return {label: list(intervals[path]) for label, path in paths.items() if path in intervals}
 
 

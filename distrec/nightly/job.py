@@ -39,7 +39,7 @@ from distrec.data.days import day_rows, window_view
 from distrec.data.schema import LABEL, MANIFEST, Manifest, partition_name
 from distrec.data.validate import read_parquet_checked
 from distrec.errors import ConfigError, DataError, DistrecError
-from distrec.eval.evaluate import PAIRED_METRICS, activity_groups_of, evaluate_export, paired_intervals
+from distrec.eval.evaluate import PAIRED_METRICS, activity_groups_of, paired_intervals, score_export, split_metrics
 from distrec.io import atomic_write_json, atomic_write_text
 from distrec.nightly.gates import check_gates, gate_table
 from distrec.nightly.registry import CHALLENGER, CHAMPION, Registry
@@ -170,19 +170,14 @@ def _gate(config: Config, run_dir: Path, view: Path, champion: Path | None) -> t
     baseline, intervals = None, {}
     if champion is not None:
         groups = activity_groups_of(Manifest.read(view), view)
-        baseline = evaluate_export(champion / name, view, groups, config.eval.k, config.eval.batch_size)
+        theirs = score_export(champion / name, view, config.eval.batch_size)  # scored once: metrics and intervals
+        baseline = {split: split_metrics(scored, groups, config.eval.k) for split, scored in theirs.items()}
         paths = [tuple(g.metric.split(".")) for g in nightly.gates if g.metric.rsplit(".", 1)[-1] in PAIRED_METRICS]
         if nightly.gate_resamples and paths:
+            splits = tuple(dict.fromkeys(path[0] for path in paths))
+            mine = score_export(run_dir / "models" / name, view, config.eval.batch_size, splits)
             found = paired_intervals(
-                run_dir / "models" / name,
-                champion / name,
-                view,
-                groups,
-                paths,
-                config.eval.batch_size,
-                nightly.gate_resamples,
-                config.seed,
-                nightly.gate_level,
+                mine, theirs, groups, paths, nightly.gate_resamples, config.seed, nightly.gate_level
             )
             intervals = {".".join(path): interval for path, interval in found.items()}
     passed, rows = check_gates(nightly.gates, challenger, baseline, intervals)
