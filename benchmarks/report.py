@@ -73,6 +73,8 @@ def _rows(details: dict[str, dict[str, object]]) -> list[tuple[str, ...]]:
             size = f"{_n(d.get('rows'))} rows, {d.get('model')}"
             if "data_parallel_ratio" in d:
                 size += f"; its tables data_parallel: {d.get('data_parallel_ratio')}"
+            if "independent_ratio" in d:
+                size += f"; two independent plain processes (the machine's ceiling): {d.get('independent_ratio')}"
             if "demo_ratio" in d:
                 size += f"; the demo's {d.get('demo_model')}: {d.get('demo_ratio')}"
         elif key == "f":
@@ -216,6 +218,13 @@ def _reading(details: dict[str, dict[str, object]], info: dict[str, object]) -> 
                 f"{_n(d.get('two_workers_data_parallel_samples_per_s'))} samples/s, "
                 f"{d.get('data_parallel_ratio')} of one. "
                 if "data_parallel_ratio" in d
+                else ""
+            )
+            + (
+                f"Two independent processes training the same model with plain PyTorch, nothing shared, ran "
+                f"{d.get('independent_ratio')} of one: what the machine allows, against which the rest is "
+                "distrec's (and TorchRec's and gloo's) own cost. "
+                if "independent_ratio" in d
                 else ""
             )
             + (

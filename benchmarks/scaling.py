@@ -9,6 +9,9 @@ and the demo teacher itself is reported beside it (``demo_*``, full runs only), 
 layers leave each step mostly collectives. A third side runs the compute-bound teacher on 2 workers
 with its tables replicated (``train.sharding_types=[data_parallel]``: no embedding all-to-alls, the
 table gradients all-reduced with the dense ones, the same table optimizer): ``data_parallel_ratio``.
+A fourth side measures the machine, not distrec: two independent processes, each training the
+compute-bound model with plain PyTorch on one thread from preloaded batches (no process group, no Ray,
+nothing shared), against one: ``independent_ratio``, the most a second worker could add here.
 Throughput is the trainer's own ``rows`` / ``seconds`` metrics (``distrec.train.loop``: from the first
 batch request after the model is sharded to the end of the epoch), so Ray start-up, worker-group
 start-up and sharding are not counted.
@@ -17,7 +20,10 @@ The load average is recorded around the runs: on a shared machine it says how ma
 
 from __future__ import annotations
 
+import itertools
+import multiprocessing
 import shutil
+import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -50,6 +56,57 @@ def fit_throughput(task: object, out: Path, dataset: object = None) -> float:
     return metrics["rows"] / metrics["seconds"]
 
 
+def _train_alone(root: str, seconds: float, rates: multiprocessing.Queue) -> None:
+    """One process training the compute-bound teacher's arithmetic with plain PyTorch for ``seconds``
+    (one thread, 32 preloaded batches, Adam on every parameter: the tables are small); puts its rows/s."""
+    import torch
+
+    from distrec.data.batch import BatchBuilder
+    from distrec.data.reader import ShardReader
+    from distrec.data.schema import Manifest
+    from distrec.models.architectures import build_model
+    from distrec.train.objective import Objective
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    manifest = Manifest.read(root)
+    builder = BatchBuilder(manifest)
+    reader = ShardReader(manifest.files(root, "train"), builder.columns, rank=0, world=1, batch_size=1024)
+    batches = list(itertools.islice(builder.batches(reader.chunks(), 1024), 32))
+    model = build_model("deepfm", "alone", manifest, COMPUTE_BOUND["dim"], COMPUTE_BOUND["hidden"], torch.device("cpu"))
+    objective = Objective(model)
+    optimizer = torch.optim.Adam(objective.parameters(), fused=True)
+
+    def step(batch: object) -> None:
+        loss, _ = objective(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for batch in batches[:5]:  # warm-up
+        step(batch)
+    rows, started = 0, time.perf_counter()
+    for batch in itertools.cycle(batches):
+        step(batch)
+        rows += batch.size
+        if time.perf_counter() - started > seconds:
+            break
+    rates.put(rows / (time.perf_counter() - started))
+
+
+def independent_throughput(root: Path, processes: int, seconds: float = 6.0) -> float:
+    """Summed rows/s of ``processes`` concurrent ``_train_alone`` processes."""
+    context = multiprocessing.get_context("spawn")
+    rates = context.Queue()
+    procs = [context.Process(target=_train_alone, args=(str(root), seconds, rates)) for _ in range(processes)]
+    for proc in procs:
+        proc.start()
+    total = sum(rates.get(timeout=300) for _ in procs)
+    for proc in procs:
+        proc.join()
+    return total
+
+
 def run(out: Path, quick: bool) -> dict[str, object]:
     from distrec.config import ModelConfig, load_config
     from distrec.data.schema import Manifest
@@ -76,6 +133,9 @@ def run(out: Path, quick: bool) -> dict[str, object]:
         },
         repeats,
     )
+    machine = interleave(
+        {"one": lambda: independent_throughput(root, 1), "two": lambda: independent_throughput(root, 2)}, repeats
+    )
     demo_side: dict[str, object] = {}
     if not quick:  # the demo teacher beside the headline
         demo = interleave({"one": lambda: side(1, teacher), "two": lambda: side(2, teacher)}, repeats)
@@ -96,6 +156,8 @@ def run(out: Path, quick: bool) -> dict[str, object]:
         "data_parallel_ratio_spread": spread(results["two_dp"], results["one"]),
         "two_workers_data_parallel_samples_per_s": round(median(results["two_dp"])),
         "one_worker_samples_per_s": round(median(results["one"])),
+        "independent_ratio": ratio(machine["two"], machine["one"]),
+        "independent_ratio_spread": spread(machine["two"], machine["one"]),
         "model": f"{wide.arch} dim {wide.dim} hidden {wide.hidden}",
         **demo_side,
         "rows": manifest.rows["train"],
