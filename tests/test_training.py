@@ -91,3 +91,43 @@ def test_valid_metrics_of_the_loop_are_those_of_its_export(
     assert scored["labels"].shape == (manifest.rows["valid"],)
     assert best["valid_auc"] == pytest.approx(auc(scored["labels"], scored["probs"]), abs=1e-4)
     assert best["valid_logloss"] == pytest.approx(logloss(scored["labels"], scored["probs"]), abs=1e-4)
+
+
+def test_a_node_lost_mid_call_resumes_the_fit_within_max_failures(
+    ray_local: None, tiny_dataset: tuple[Path, Manifest], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray Train v2 takes its controller's call to a worker meeting the worker's node going away
+    (``ActorUnavailableError``) for a controller failure, which it never retries; ``fit`` starts the
+    trainer again. The fault is injected where Ray raises it, in ``TorchTrainer.fit``: the run's first
+    attempt fails so, the next one trains for real. Any other controller error, or one past
+    ``train.max_failures``, is raised."""
+    from ray.exceptions import ActorUnavailableError
+    from ray.train import ControllerError
+    from ray.train.torch import TorchTrainer
+
+    real_fit, attempts = TorchTrainer.fit, []
+
+    def fails_first(failure: Exception) -> object:
+        def attempt(self: TorchTrainer) -> object:
+            attempts.append(failure)
+            if len(attempts) == 1:
+                raise ControllerError(failure)
+            return real_fit(self)
+
+        return attempt
+
+    root, _ = tiny_dataset
+    model = ModelConfig(name="fm", arch="deepfm", dim=8, hidden=[16])
+    lost = ActorUnavailableError("the actor is unavailable: its node went away", None)
+    monkeypatch.setattr(TorchTrainer, "fit", fails_first(lost))
+    task = WorkerTask(model=model, train=TrainConfig(num_workers=1, epochs=1, batch_size=256), dataset=str(root))
+    trained = fit(task, str(tmp_path / "resumed"))
+    assert len(attempts) == 2 and trained.metrics["rows"] > 0
+
+    for failure, max_failures in ((lost, 0), (ValueError("a bug in the controller"), 1)):
+        attempts.clear()
+        monkeypatch.setattr(TorchTrainer, "fit", fails_first(failure))
+        train = TrainConfig(num_workers=1, epochs=1, batch_size=256, max_failures=max_failures)
+        with pytest.raises(ControllerError) as raised:
+            fit(WorkerTask(model=model, train=train, dataset=str(root)), str(tmp_path / f"raised{max_failures}"))
+        assert raised.value.controller_failure is failure and len(attempts) == 1

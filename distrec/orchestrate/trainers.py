@@ -12,6 +12,8 @@ controller.
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,11 +21,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
-from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
+from ray.exceptions import ActorUnavailableError
+from ray.train import Checkpoint, ControllerError, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.train.v2._internal.constants import HEALTH_CHECK_INTERVAL_S_ENV_VAR
 
 from distrec.train.loop import WorkerTask
+
+log = logging.getLogger("distrec")
 
 
 @dataclass
@@ -39,13 +44,7 @@ def _worker_entry(config: dict[str, Any]) -> None:
     train_worker(config["task"])
 
 
-def fit(task: WorkerTask, storage_path: str, dataset: ray.data.Dataset | None = None) -> TrainedModel:
-    """Train ``task.model`` with a fresh TorchTrainer.
-
-    Without ``dataset`` every worker reads its own share of the training files. A ``dataset`` (the
-    soft-label stream) is split with ``streaming_split(equal=False)`` so no row is dropped; the loop
-    keeps ranks in lockstep with padding batches instead (``distrec.train.feed``).
-    """
+def _trainer(task: WorkerTask, storage_path: str, dataset: ray.data.Dataset | None) -> TorchTrainer:
     train = task.train
     # read by Ray Train as the trainer starts and passed on to its controller (each epoch's report waits for
     # the controller's next poll); fit() runs in a task of its own, or in the driver for the streamed student
@@ -56,7 +55,7 @@ def fit(task: WorkerTask, storage_path: str, dataset: ray.data.Dataset | None = 
     resources = {"CPU": train.cpus_per_worker}
     if use_gpu:
         resources["GPU"] = max(train.gpus_per_worker, 1.0)
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop_per_worker=_worker_entry,
         train_loop_config={"task": task},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo", timeout_s=train.collective_timeout_s),
@@ -72,7 +71,33 @@ def fit(task: WorkerTask, storage_path: str, dataset: ray.data.Dataset | None = 
             failure_config=FailureConfig(max_failures=train.max_failures),
         ),
     )
-    result = trainer.fit()
+
+
+def fit(task: WorkerTask, storage_path: str, dataset: ray.data.Dataset | None = None) -> TrainedModel:
+    """Train ``task.model`` with a fresh TorchTrainer.
+
+    Without ``dataset`` every worker reads its own share of the training files. A ``dataset`` (the
+    soft-label stream) is split with ``streaming_split(equal=False)`` so no row is dropped; the loop
+    keeps ranks in lockstep with padding batches instead (``distrec.train.feed``).
+
+    Ray Train v2 takes a call to a worker on a node that has just gone (``ActorUnavailableError``) for a
+    controller failure, which it never retries: a lost node, as its workers' death would have been,
+    had the controller not been calling one of them at that moment (tests/test_cluster.py's node-loss
+    test once failed so). Such a fit is started again, resuming from the run's last checkpoint as a
+    restart of the worker group would, up to ``train.max_failures`` times.
+    """
+    for attempt in itertools.count():
+        try:
+            result = _trainer(task, storage_path, dataset).fit()
+            break
+        except ControllerError as error:
+            if not isinstance(error.controller_failure, ActorUnavailableError) or attempt >= task.train.max_failures:
+                raise
+            log.warning(
+                "%s: a worker's node went away mid-call (%s); resuming from the last checkpoint",
+                task.model.name,
+                error.controller_failure,
+            )
     exported = [(c, m) for c, m in result.best_checkpoints or [] if m.get("export")]
     if result.checkpoint is None or not exported:
         raise RuntimeError(f"training {task.model.name!r} finished without an exported checkpoint")
