@@ -133,8 +133,13 @@ def run(out: Path, quick: bool) -> dict[str, object]:
         },
         repeats,
     )
+    alone_s = 3.0 if quick else 6.0  # how long each independent process trains
     machine = interleave(
-        {"one": lambda: independent_throughput(root, 1), "two": lambda: independent_throughput(root, 2)}, repeats
+        {
+            "one": lambda: independent_throughput(root, 1, alone_s),
+            "two": lambda: independent_throughput(root, 2, alone_s),
+        },
+        repeats,
     )
     demo_side: dict[str, object] = {}
     if not quick:  # the demo teacher beside the headline
