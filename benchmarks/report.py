@@ -73,6 +73,8 @@ def _rows(details: dict[str, dict[str, object]]) -> list[tuple[str, ...]]:
             size = f"{_n(d.get('rows'))} rows, {d.get('model')}"
             if "data_parallel_ratio" in d:
                 size += f"; its tables data_parallel: {d.get('data_parallel_ratio')}"
+            if "without_ray_ratio" in d:
+                size += f"; without Ray (gloo processes, preloaded batches): {d.get('without_ray_ratio')}"
             if "independent_ratio" in d:
                 size += f"; two independent plain processes (the machine's ceiling): {d.get('independent_ratio')}"
             if "demo_ratio" in d:
@@ -221,7 +223,14 @@ def _reading(details: dict[str, dict[str, object]], info: dict[str, object]) -> 
                 else ""
             )
             + (
-                f"Two independent processes training the same model with plain PyTorch, nothing shared, ran "
+                (
+                    f"Without Ray (two gloo processes running the same construction and pipeline on preloaded "
+                    f"batches) two ranks ran {d.get('without_ray_ratio')} of one: the collectives' share, apart "
+                    "from Ray and the file reader. "
+                    if "without_ray_ratio" in d
+                    else ""
+                )
+                + f"Two independent processes training the same model with plain PyTorch, nothing shared, ran "
                 f"{d.get('independent_ratio')} of one: what the machine allows, against which the rest is "
                 "distrec's (and TorchRec's and gloo's) own cost. "
                 if "independent_ratio" in d

@@ -9,7 +9,10 @@ and the demo teacher itself is reported beside it (``demo_*``, full runs only), 
 layers leave each step mostly collectives. A third side runs the compute-bound teacher on 2 workers
 with its tables replicated (``train.sharding_types=[data_parallel]``: no embedding all-to-alls, the
 table gradients all-reduced with the dense ones, the same table optimizer): ``data_parallel_ratio``.
-A fourth side measures the machine, not distrec: two independent processes, each training the
+A fourth side runs the compute-bound teacher's training without Ray: 1 and 2 gloo processes, each
+doing what a training worker does (``build_training``, TorchRec's pipeline) on preloaded batches of its
+share (``without_ray_ratio``): what the collectives cost, apart from Ray and the file reader. A fifth
+measures the machine, not distrec: two independent processes, each training the
 compute-bound model with plain PyTorch on one thread from preloaded batches (no process group, no Ray,
 nothing shared), against one: ``independent_ratio``, the most a second worker could add here.
 Throughput is the trainer's own ``rows`` / ``seconds`` metrics (``distrec.train.loop``: from the first
@@ -23,8 +26,10 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import shutil
+import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -94,17 +99,66 @@ def _train_alone(root: str, seconds: float, rates: multiprocessing.Queue) -> Non
     rates.put(rows / (time.perf_counter() - started))
 
 
-def independent_throughput(root: Path, processes: int, seconds: float = 6.0) -> float:
-    """Summed rows/s of ``processes`` concurrent ``_train_alone`` processes."""
+def _train_in_group(root: str, model: object, steps: int, world: int, store: str, rank: int, rates: object) -> None:
+    """Rank ``rank`` of ``world`` gloo processes training ``model`` as a Ray Train worker does
+    (``build_training``, TorchRec's ``TrainPipelineSparseDist``) but without Ray, on 32 preloaded batches
+    of its share, for ``steps`` steps; puts its rows/s."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+    from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+
+    from distrec.config import TrainConfig
+    from distrec.data.batch import BatchBuilder
+    from distrec.data.reader import ShardReader
+    from distrec.data.schema import Manifest
+    from distrec.train.loop import WorkerTask, build_training
+
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # as distrec's local runs
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", store=dist.FileStore(store, world), rank=rank, world_size=world)
+    manifest = Manifest.read(root)
+    builder = BatchBuilder(manifest)
+    reader = ShardReader(manifest.files(root, "train"), builder.columns, rank=rank, world=world, batch_size=1024)
+    batches = itertools.cycle(list(itertools.islice(builder.batches(reader.chunks(), 1024), 32)))
+    task = WorkerTask(model=model, train=TrainConfig(num_workers=world, batch_size=1024), dataset=root)  # type: ignore[arg-type]
+    training = build_training(task, manifest, world, torch.device("cpu"))
+    pipeline = TrainPipelineSparseDist(training.dmp, training.optimizer, torch.device("cpu"), execute_all_batches=True)
+    for _ in range(5):  # warm-up
+        pipeline.progress(batches)
+    dist.barrier()
+    started = time.perf_counter()
+    for _ in range(steps):
+        pipeline.progress(batches).loss.item()
+    dist.barrier()
+    rates.put(steps * 1024 / (time.perf_counter() - started))  # type: ignore[attr-defined]
+    dist.destroy_process_group()
+
+
+def _concurrent(target: Callable[..., None], args: list[tuple[object, ...]]) -> float:
+    """Summed rates of one spawned process a tuple of ``args``, each calling ``target(*its args, queue)``."""
     context = multiprocessing.get_context("spawn")
     rates = context.Queue()
-    procs = [context.Process(target=_train_alone, args=(str(root), seconds, rates)) for _ in range(processes)]
+    procs = [context.Process(target=target, args=(*a, rates)) for a in args]
     for proc in procs:
         proc.start()
     total = sum(rates.get(timeout=300) for _ in procs)
     for proc in procs:
         proc.join()
     return total
+
+
+def independent_throughput(root: Path, processes: int, seconds: float = 6.0) -> float:
+    """Summed rows/s of ``processes`` concurrent ``_train_alone`` processes."""
+    return _concurrent(_train_alone, [(str(root), seconds)] * processes)
+
+
+def without_ray_throughput(root: Path, model: object, world: int, steps: int) -> float:
+    """Summed rows/s of ``world`` ``_train_in_group`` ranks."""
+    with tempfile.TemporaryDirectory() as store:
+        args = [(str(root), model, steps, world, str(Path(store) / "store"), rank) for rank in range(world)]
+        return _concurrent(_train_in_group, args)
 
 
 def run(out: Path, quick: bool) -> dict[str, object]:
@@ -141,6 +195,14 @@ def run(out: Path, quick: bool) -> dict[str, object]:
         },
         repeats,
     )
+    steps = 20 if quick else 60  # a group's steps: every rank runs the same number
+    bare = interleave(
+        {
+            "one": lambda: without_ray_throughput(root, wide, 1, steps),
+            "two": lambda: without_ray_throughput(root, wide, 2, steps),
+        },
+        repeats,
+    )
     demo_side: dict[str, object] = {}
     if not quick:  # the demo teacher beside the headline
         demo = interleave({"one": lambda: side(1, teacher), "two": lambda: side(2, teacher)}, repeats)
@@ -161,6 +223,8 @@ def run(out: Path, quick: bool) -> dict[str, object]:
         "data_parallel_ratio_spread": spread(results["two_dp"], results["one"]),
         "two_workers_data_parallel_samples_per_s": round(median(results["two_dp"])),
         "one_worker_samples_per_s": round(median(results["one"])),
+        "without_ray_ratio": ratio(bare["two"], bare["one"]),
+        "without_ray_ratio_spread": spread(bare["two"], bare["one"]),
         "independent_ratio": ratio(machine["two"], machine["one"]),
         "independent_ratio_spread": spread(machine["two"], machine["one"]),
         "model": f"{wide.arch} dim {wide.dim} hidden {wide.hidden}",
