@@ -14,7 +14,8 @@ doing what a training worker does (``build_training``, TorchRec's pipeline) on p
 share (``without_ray_ratio``): what the collectives cost, apart from Ray and the file reader. A fifth
 measures the machine, not distrec: two independent processes, each training the
 compute-bound model with plain PyTorch on one thread from preloaded batches (no process group, no Ray,
-nothing shared), against one: ``independent_ratio``, the most a second worker could add here.
+nothing shared), against one: ``independent_ratio``, the most a second worker could add here. The
+fourth and fifth run in full runs only.
 Throughput is the trainer's own ``rows`` / ``seconds`` metrics (``distrec.train.loop``: from the first
 batch request after the model is sharded to the end of the epoch), so Ray start-up, worker-group
 start-up and sharding are not counted.
@@ -187,22 +188,24 @@ def run(out: Path, quick: bool) -> dict[str, object]:
         },
         repeats,
     )
-    alone_s = 3.0 if quick else 6.0  # how long each independent process trains
-    machine = interleave(
-        {
-            "one": lambda: independent_throughput(root, 1, alone_s),
-            "two": lambda: independent_throughput(root, 2, alone_s),
-        },
-        repeats,
-    )
-    steps = 20 if quick else 60  # a group's steps: every rank runs the same number
-    bare = interleave(
-        {
-            "one": lambda: without_ray_throughput(root, wide, 1, steps),
-            "two": lambda: without_ray_throughput(root, wide, 2, steps),
-        },
-        repeats,
-    )
+    causes: dict[str, object] = {}
+    if not quick:  # where the second worker's time goes (full runs only: quick stays under 5 minutes)
+        bare = interleave(
+            {
+                "one": lambda: without_ray_throughput(root, wide, 1, steps=60),
+                "two": lambda: without_ray_throughput(root, wide, 2, steps=60),
+            },
+            repeats,
+        )
+        machine = interleave(
+            {"one": lambda: independent_throughput(root, 1), "two": lambda: independent_throughput(root, 2)}, repeats
+        )
+        causes = {
+            "without_ray_ratio": ratio(bare["two"], bare["one"]),
+            "without_ray_ratio_spread": spread(bare["two"], bare["one"]),
+            "independent_ratio": ratio(machine["two"], machine["one"]),
+            "independent_ratio_spread": spread(machine["two"], machine["one"]),
+        }
     demo_side: dict[str, object] = {}
     if not quick:  # the demo teacher beside the headline
         demo = interleave({"one": lambda: side(1, teacher), "two": lambda: side(2, teacher)}, repeats)
@@ -223,10 +226,7 @@ def run(out: Path, quick: bool) -> dict[str, object]:
         "data_parallel_ratio_spread": spread(results["two_dp"], results["one"]),
         "two_workers_data_parallel_samples_per_s": round(median(results["two_dp"])),
         "one_worker_samples_per_s": round(median(results["one"])),
-        "without_ray_ratio": ratio(bare["two"], bare["one"]),
-        "without_ray_ratio_spread": spread(bare["two"], bare["one"]),
-        "independent_ratio": ratio(machine["two"], machine["one"]),
-        "independent_ratio_spread": spread(machine["two"], machine["one"]),
+        **causes,
         "model": f"{wide.arch} dim {wide.dim} hidden {wide.hidden}",
         **demo_side,
         "rows": manifest.rows["train"],
