@@ -62,23 +62,30 @@ def fit_throughput(task: object, out: Path, dataset: object = None) -> float:
     return metrics["rows"] / metrics["seconds"]
 
 
+def _preloaded(root: str, rank: int, world: int) -> tuple[Any, list[Any]]:
+    """The manifest at ``root`` and the first 32 training batches of 1024 rows of rank ``rank``'s share:
+    the processes below train from memory, so the file reader is no part of what they measure."""
+    from distrec.data.batch import BatchBuilder
+    from distrec.data.reader import ShardReader
+    from distrec.data.schema import Manifest
+
+    manifest = Manifest.read(root)
+    builder = BatchBuilder(manifest)
+    reader = ShardReader(manifest.files(root, "train"), builder.columns, rank=rank, world=world, batch_size=1024)
+    return manifest, list(itertools.islice(builder.batches(reader.chunks(), 1024), 32))
+
+
 def _train_alone(root: str, seconds: float, rates: multiprocessing.Queue) -> None:
     """One process training the compute-bound teacher's arithmetic with plain PyTorch for ``seconds``
     (one thread, 32 preloaded batches, Adam on every parameter: the tables are small); puts its rows/s."""
     import torch
 
-    from distrec.data.batch import BatchBuilder
-    from distrec.data.reader import ShardReader
-    from distrec.data.schema import Manifest
     from distrec.models.architectures import build_model
     from distrec.train.objective import Objective
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    manifest = Manifest.read(root)
-    builder = BatchBuilder(manifest)
-    reader = ShardReader(manifest.files(root, "train"), builder.columns, rank=0, world=1, batch_size=1024)
-    batches = list(itertools.islice(builder.batches(reader.chunks(), 1024), 32))
+    manifest, batches = _preloaded(root, rank=0, world=1)
     model = build_model("deepfm", "alone", manifest, COMPUTE_BOUND["dim"], COMPUTE_BOUND["hidden"], torch.device("cpu"))
     objective = Objective(model)
     optimizer = torch.optim.Adam(objective.parameters(), fused=True)
@@ -111,18 +118,13 @@ def _train_in_group(root: str, model: object, steps: int, world: int, store: str
     from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
     from distrec.config import TrainConfig
-    from distrec.data.batch import BatchBuilder
-    from distrec.data.reader import ShardReader
-    from distrec.data.schema import Manifest
     from distrec.train.loop import WorkerTask, build_training
 
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # as distrec's local runs
     torch.set_num_threads(1)
     dist.init_process_group("gloo", store=dist.FileStore(store, world), rank=rank, world_size=world)
-    manifest = Manifest.read(root)
-    builder = BatchBuilder(manifest)
-    reader = ShardReader(manifest.files(root, "train"), builder.columns, rank=rank, world=world, batch_size=1024)
-    batches = itertools.cycle(list(itertools.islice(builder.batches(reader.chunks(), 1024), 32)))
+    manifest, preloaded = _preloaded(root, rank, world)
+    batches = itertools.cycle(preloaded)
     task = WorkerTask(model=model, train=TrainConfig(num_workers=world, batch_size=1024), dataset=root)  # type: ignore[arg-type]
     training = build_training(task, manifest, world, torch.device("cpu"))
     pipeline = TrainPipelineSparseDist(training.dmp, training.optimizer, torch.device("cpu"), execute_all_batches=True)
