@@ -73,6 +73,7 @@ def _scoring(
     columns: list[str],
     batch_size: int,
     groups: int,
+    targets: tuple[str, ...],
     split: bool,
 ) -> object:
     """A function timing rows/s of scoring with every teacher (one after the other) on one thread, against
@@ -83,7 +84,8 @@ def _scoring(
     from distrec.orchestrate.stream import ScoringOptions, TeacherScorer
 
     threads = torch.get_num_threads()
-    scorers = [TeacherScorer(export, ScoringOptions(str(bank), bank_groups=groups)) for export in teachers.values()]  # type: ignore[arg-type]
+    options = ScoringOptions(str(bank), bank_groups=groups, targets=targets)
+    scorers = [TeacherScorer(export, options) for export in teachers.values()]  # type: ignore[arg-type]
     if not split:
         for scorer in scorers:
             scorer.bank = [(direct, None) for direct, _ in scorer.bank]
@@ -125,6 +127,7 @@ def run(out: Path, quick: bool) -> dict[str, object]:
     from distrec.data.batch import BatchBuilder
     from distrec.data.schema import Manifest
     from distrec.io import atomic_dir
+    from distrec.orchestrate.pipeline import soft_label_targets
     from distrec.orchestrate.stream import front_door_column, soft_label_stream, write_history_bank
     from distrec.train.loop import WorkerTask
 
@@ -141,9 +144,10 @@ def run(out: Path, quick: bool) -> dict[str, object]:
     soft = [front_door_column(name) for name in teachers]
 
     groups, batch = config.distill.bank_groups, config.distill.score_batch_size
+    targets = soft_label_targets(config)  # as distrec run scores them: the front-door columns the student reads
 
     def stream(bank_groups: int = groups) -> object:
-        return soft_label_stream(files, columns, teachers, bank, batch, bank_groups=bank_groups)  # type: ignore[arg-type]
+        return soft_label_stream(files, columns, teachers, bank, batch, bank_groups=bank_groups, targets=targets)  # type: ignore[arg-type]
 
     inputs = [f for f in sorted((work / "teachers").rglob("*")) if f.is_file()] + [bank]
     digest = hashlib.sha1(b"".join(f.read_bytes() for f in inputs)).hexdigest()
@@ -151,8 +155,8 @@ def run(out: Path, quick: bool) -> dict[str, object]:
     if not precomputed.is_dir():
         with atomic_dir(precomputed) as tmp:
             stream().write_parquet(str(tmp))  # type: ignore[attr-defined]
-    scoring = _scoring(teachers, bank, files, columns, batch, groups, split=True)
-    scoring_generic = _scoring(teachers, bank, files, columns, batch, groups, split=False)
+    scoring = _scoring(teachers, bank, files, columns, batch, groups, targets, split=True)
+    scoring_generic = _scoring(teachers, bank, files, columns, batch, groups, targets, split=False)
     alone: list[tuple[float, float]] = []
 
     def stream_alone() -> float:

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from distrec.causal.frontdoor import conditional_prob, front_door_prob
+from distrec.causal.frontdoor import front_door_prob
 from distrec.cli import main
 from distrec.config import load_config
 from distrec.data.batch import BatchBuilder
@@ -102,9 +102,9 @@ def test_training_and_scoring_assign_the_same_folds(tiny_dataset: tuple[Path, Ma
         own, other = TeacherScorer(directory, options), TeacherScorer(exports[(fold + 1) % 3], options)
         mine = np.flatnonzero(folds == fold)
         expected = own.score(shuffled.take(pa.array(mine)))
-        np.testing.assert_allclose(fd[mine], expected[0], rtol=1e-5)
-        np.testing.assert_allclose(kd[mine], expected[1], rtol=1e-5)
-        assert not np.allclose(fd[mine], other.score(shuffled.take(pa.array(mine)))[0], rtol=1e-3)
+        np.testing.assert_allclose(fd[mine], expected["front_door"], rtol=1e-5)
+        np.testing.assert_allclose(kd[mine], expected["conditional"], rtol=1e-5)
+        assert not np.allclose(fd[mine], other.score(shuffled.take(pa.array(mine)))["front_door"], rtol=1e-3)
 
 
 def test_cross_fitted_run_scores_each_row_with_the_copy_that_held_it_out(
@@ -145,24 +145,19 @@ def test_cross_fitted_run_scores_each_row_with_the_copy_that_held_it_out(
     bank = pq.read_table(ctx.run_dir / "history_bank.parquet", columns=builder.columns)
     sample = np.arange(0, soft.num_rows, 17)  # about 330 rows of both folds
     rows = logged.take(pa.array(sample))
-    fd, kd = soft.column("fd__fm").to_numpy()[sample], soft.column("kd__fm").to_numpy()[sample]
+    assert "kd__fm" not in soft.column_names  # the student reads the front-door column only: nothing else scored
+    fd = soft.column("fd__fm").to_numpy()[sample]
     scores = []
     for name in ("fm", "fm__fold1"):
         model, _, _ = load_export(ctx.model_dir(name))
         with torch.no_grad():
             encoded = model.encode(builder(rows))
             bank_direct = model.encode(builder(bank)).direct
-            scores.append(
-                (
-                    front_door_prob(model.head, bank_direct, encoded.mediator, encoded.item).numpy(),
-                    conditional_prob(model.head, *encoded).numpy(),
-                )
-            )
+            scores.append(front_door_prob(model.head, bank_direct, encoded.mediator, encoded.item).numpy())
     fold = folds[sample]
     assert 0 < fold.sum() < len(fold)
-    np.testing.assert_allclose(fd, np.where(fold == 0, scores[0][0], scores[1][0]), rtol=1e-5)
-    np.testing.assert_allclose(kd, np.where(fold == 0, scores[0][1], scores[1][1]), rtol=1e-5)
-    assert not np.allclose(scores[0][0], scores[1][0], rtol=1e-4)  # the copies differ: the routing matters
+    np.testing.assert_allclose(fd, np.where(fold == 0, scores[0], scores[1]), rtol=1e-5)
+    assert not np.allclose(scores[0], scores[1], rtol=1e-4)  # the copies differ: the routing matters
 
 
 @pytest.mark.parametrize(

@@ -163,3 +163,25 @@ def test_scorer_pool_keys_are_validated_together() -> None:
         load_config(None, ["distill.scorers_per_teacher=0", "distill.scorer_cpus=0"])
     assert "distill.scorers_per_teacher must be >= 1, got 0" in str(error.value)
     assert "distill.scorer_cpus must be > 0, got 0" in str(error.value)
+
+
+def test_a_stream_scores_only_the_targets_its_students_read(dataset: tuple[Path, Manifest], tmp_path: Path) -> None:
+    """The demo's student reads the front-door columns alone: scored without the conditional target, they are
+    the same values, and no other column is added; a target that is not a soft label is refused."""
+    root, manifest = dataset
+    spec = ModelConfig(name="dcn", arch="dcn", dim=DIM, hidden=list(HIDDEN))
+    write_export(tmp_path / "teacher", export_spec(spec), manifest, randomised("dcn", manifest, 2).state_dict())
+    bank = write_history_bank(manifest, str(root), 16, seed=1, out=tmp_path / "bank.parquet")
+    rows = pq.read_table(manifest.files(root, "train")[0], columns=BatchBuilder(manifest).columns).slice(0, 300)
+    teachers = {"dcn": str(tmp_path / "teacher")}
+
+    both = SoftLabeler(teachers, ScoringOptions(str(bank), bank_groups=4))(rows)
+    front_door = SoftLabeler(teachers, ScoringOptions(str(bank), bank_groups=4, targets=("front_door",)))(rows)
+    conditional = SoftLabeler(teachers, ScoringOptions(str(bank), bank_groups=4, targets=("conditional",)))(rows)
+    assert front_door.column_names == [*rows.column_names, front_door_column("dcn")]
+    assert conditional.column_names == [*rows.column_names, conditional_column("dcn")]
+    for scored, column in ((front_door, front_door_column("dcn")), (conditional, conditional_column("dcn"))):
+        np.testing.assert_array_equal(scored.column(column).to_numpy(), both.column(column).to_numpy())
+    for targets in ((), ("front_door", "label")):
+        with pytest.raises(ValueError, match="soft-label targets must be a non-empty subset"):
+            ScoringOptions(str(bank), targets=targets)

@@ -87,15 +87,17 @@ class DeepFM(Recommender):
         return (self.linear(flat) + self.out(self.deep(flat))).squeeze(-1) + fm
 
     def bank_head(self, bank: torch.Tensor) -> BankHead:
-        dim = bank.shape[-1]
-        linear = _SplitLinear(self.linear, bank, [dim, dim])
-        first = _SplitLinear(_first_linear(self.deep), bank, [dim, dim])
+        linear = _SplitLinear(self.linear, bank)
+        first = _SplitLinear(_first_linear(self.deep), bank)
+        bank_terms = linear.bank.T + self.out.bias  # [1, N]: the linear term's bank share and the read-out's bias
+        w_out = self.out.weight.T.contiguous()
 
         def head(mediator: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+            rows = torch.cat([mediator, item], dim=-1)
             # FM over (e, m, v) = <e, m + v> + <m, v>
             fm = (mediator + item) @ bank.T + (mediator * item).sum(-1, keepdim=True)
-            deep = _after_first(self.deep, first(mediator, item))
-            return (linear(mediator, item) + self.out(deep)).squeeze(-1) + fm
+            deep = _after_first(self.deep, first(rows)) @ w_out  # [B, N, 1]
+            return deep.squeeze(-1) + fm + linear.rows(rows) + bank_terms
 
         return head
 
@@ -108,7 +110,7 @@ class CrossLayer(nn.Module):
         self.linear = nn.Linear(width, width)
 
     def forward(self, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return x0 * self.linear(x) + x
+        return torch.addcmul(x, x0, self.linear(x))
 
 
 class DCN(Recommender):
@@ -131,18 +133,24 @@ class DCN(Recommender):
         return self.out(torch.cat([x, self.deep(x0)], dim=-1)).squeeze(-1) + preference(direct, mediator, item)
 
     def bank_head(self, bank: torch.Tensor) -> BankHead:
-        dim = bank.shape[-1]
-        cross = _SplitLinear(cast(CrossLayer, self.cross[0]).linear, bank, [dim, dim])
-        first = _SplitLinear(_first_linear(self.deep), bank, [dim, dim])
+        cross = _SplitLinear(cast(CrossLayer, self.cross[0]).linear, bank)
+        cross.bank += 1.0  # x1 = x0 * (W x0 + b) + x0 = x0 * (1 + W x0 + b): one pass over the pairs
+        first = _SplitLinear(_first_linear(self.deep), bank)
+        x_width = cross.bank.shape[-1]
+        # the read-out split over cat([x, deep]), so the two are never concatenated per pair
+        w_cross, w_deep = (
+            w.T.contiguous() for w in self.out.weight.split([x_width, self.out.in_features - x_width], dim=1)
+        )
 
         def head(mediator: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
-            x0 = broadcast_cat(bank, mediator.unsqueeze(1), item.unsqueeze(1))
-            x = x0 * cross(mediator, item) + x0  # the first cross layer, its linear split
+            rows = torch.cat([mediator, item], dim=-1)
+            x0 = torch.cat([bank.expand(len(rows), -1, -1), rows.unsqueeze(1).expand(-1, len(bank), -1)], dim=-1)
+            x = x0 * cross(rows)
             for layer in self.cross[1:]:
                 x = layer(x0, x)
-            deep = _after_first(self.deep, first(mediator, item))
+            deep = _after_first(self.deep, first(rows))
             interaction = item @ bank.T + (mediator * item).sum(-1, keepdim=True)  # preference(e, m, v)
-            return self.out(torch.cat([x, deep], dim=-1)).squeeze(-1) + interaction
+            return (x @ w_cross + deep @ w_deep).squeeze(-1) + interaction + self.out.bias
 
         return head
 
@@ -173,11 +181,11 @@ class MLPRanker(Recommender):
 
     def bank_head(self, bank: torch.Tensor) -> BankHead:
         dim = bank.shape[-1]
-        first = _SplitLinear(_first_linear(self.body), bank, [dim, dim])
+        first = _SplitLinear(_first_linear(self.body), bank)
         w_deep, w_product = self.out.weight.split([self.out.in_features - dim, dim], dim=1)
 
         def head(mediator: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
-            deep = _after_first(self.body, first(mediator, item))
+            deep = _after_first(self.body, first(torch.cat([mediator, item], dim=-1)))
             weighted = item * w_product  # w . ((e + m) * v) = <e, w * v> + <m, w * v>
             product = weighted @ bank.T + (weighted * mediator).sum(-1, keepdim=True)
             return (deep @ w_deep.T).squeeze(-1) + product + self.out.bias
@@ -217,11 +225,11 @@ class DIN(Recommender):
         return deep + preference(direct, mediator, item)
 
     def bank_head(self, bank: torch.Tensor) -> BankHead:
-        dim = bank.shape[-1]
-        first = _SplitLinear(_first_linear(self.deep), bank, [dim, dim, dim])
+        first = _SplitLinear(_first_linear(self.deep), bank)
 
         def head(mediator: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
-            deep = self.out(_after_first(self.deep, first(mediator, item, mediator * item))).squeeze(-1)
+            rows = torch.cat([mediator, item, mediator * item], dim=-1)
+            deep = self.out(_after_first(self.deep, first(rows))).squeeze(-1)
             return deep + item @ bank.T + (mediator * item).sum(-1, keepdim=True)
 
         return head
@@ -249,7 +257,7 @@ class TwoTower(Recommender):
 
     def bank_head(self, bank: torch.Tensor) -> BankHead:
         mlp, last = self.user_tower
-        first = _SplitLinear(_first_linear(mlp), bank, [bank.shape[-1]])
+        first = _SplitLinear(_first_linear(mlp), bank)
 
         def head(mediator: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
             correction = last(_after_first(mlp, first(mediator)))  # f(e, m): [B, N, d]
@@ -262,16 +270,20 @@ class TwoTower(Recommender):
 
 
 class _SplitLinear:
-    """A Linear over concat(bank direct e, row parts...) as W_e·e + b (once, [N, out]) + sum_j W_j·r_j (per row)."""
+    """A Linear over concat(bank direct e, row r) as ``bank`` = W_e·e + b (once, [N, out]) + ``rows`` = W_r·r
+    (once per row, [B, out]); r is the row's parts concatenated in the Linear's input order."""
 
-    def __init__(self, linear: nn.Linear, bank: torch.Tensor, row_widths: list[int]) -> None:
-        w_bank, *self.w_rows = linear.weight.split([bank.shape[-1], *row_widths], dim=1)
+    def __init__(self, linear: nn.Linear, bank: torch.Tensor) -> None:
+        w_bank, w_rows = linear.weight.split([bank.shape[-1], linear.in_features - bank.shape[-1]], dim=1)
         self.bank = bank @ w_bank.T + linear.bias
+        self.w_rows = w_rows.T.contiguous()
 
-    def __call__(self, *rows: torch.Tensor) -> torch.Tensor:
-        """[B, N, out] pre-activations for the rows' parts [B, width_j]."""
-        row = sum(r @ w.T for r, w in zip(rows, self.w_rows, strict=True))
-        return self.bank.unsqueeze(0) + row.unsqueeze(1)
+    def rows(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows @ self.w_rows
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        """[B, N, out] pre-activations for the rows [B, width]."""
+        return self.bank.unsqueeze(0) + self.rows(rows).unsqueeze(1)
 
 
 def _first_linear(mlp: MLP) -> nn.Linear:
@@ -279,8 +291,10 @@ def _first_linear(mlp: MLP) -> nn.Linear:
 
 
 def _after_first(mlp: MLP, pre_activation: torch.Tensor) -> torch.Tensor:
-    """The rest of ``mlp`` from its first layer's pre-activation."""
-    return mlp._mlp[1:](mlp._mlp[0]._activation_fn(pre_activation))
+    """The rest of ``mlp`` from its first layer's pre-activation (which a ReLU overwrites: it is per pair)."""
+    activation = mlp._mlp[0]._activation_fn
+    hidden = pre_activation.relu_() if activation is torch.relu else activation(pre_activation)
+    return mlp._mlp[1:](hidden)
 
 
 def _zero_linear(width_in: int, width_out: int) -> nn.Linear:

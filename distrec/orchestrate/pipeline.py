@@ -37,7 +37,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from distrec.config import Config, ModelConfig, RayConfig, TrainConfig, check, cross_fit_copy, to_dict, to_yaml
+from distrec.config import (
+    DISTILL_TARGETS,
+    Config,
+    ModelConfig,
+    RayConfig,
+    TrainConfig,
+    check,
+    cross_fit_copy,
+    to_dict,
+    to_yaml,
+)
 from distrec.console import Console, ProgressBoard, copy_ray_logs
 from distrec.data.batch import BatchBuilder
 from distrec.data.schema import ITEM, MANIFEST, SPLITS, USER, Manifest
@@ -383,6 +393,7 @@ def soft_labels(ctx: RunContext) -> ray.data.Dataset:
         scorers_per_teacher=distill.scorers_per_teacher,
         scorer_cpus=distill.scorer_cpus,
         bank_groups=distill.bank_groups,
+        targets=soft_label_targets(config),
     )
 
 
@@ -504,6 +515,13 @@ def student_variants(config: Config, teachers: list[str]) -> list[tuple[ModelCon
         (replace(config.student, name="crl"), {"crl": config.crl}),
         student,
     ]
+
+
+def soft_label_targets(config: Config) -> tuple[str, ...]:
+    """The soft labels the run's students read (``student_variants``), so the only ones it scores: the
+    configured ``distill.target``, and with ablation both (``kd`` reads the conditional, ``causald`` the
+    front-door columns)."""
+    return DISTILL_TARGETS if config.ablation else (config.distill.target,)
 
 
 def _training_summary(metrics: dict[str, object]) -> dict[str, object]:

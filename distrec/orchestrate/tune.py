@@ -5,7 +5,8 @@ settings applied as dotted overrides of the run's configuration, and reports the
 its epochs (the loop's own early stopping and best-epoch selection). Test splits are never read.
 For the student, the teachers are trained once, before the trials, in the tuning directory, and so
 are the soft labels, which every trial then reads in the same order; a search over what the soft labels
-depend on (``SCORING_KEYS``: the bank size, the mediator samples) scores them in each trial instead.
+depend on (``SCORING_KEYS``: the bank size and groups, the mediator samples, the target) scores them in
+each trial instead.
 
 The search space maps dotted keys to a list (a grid, every value tried) or to one distribution:
 ``{loguniform: [lo, hi]}``, ``{uniform: [lo, hi]}``, ``{choice: [a, b, ...]}`` (``tune.num_samples``
@@ -50,7 +51,8 @@ from distrec.orchestrate.trainers import fit
 from distrec.train.loop import WorkerTask
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice")
-SCORING_KEYS = ("distill.bank_size", "distill.bank_groups", "distill.mediator_samples")  # of the soft labels
+# what the soft labels depend on (the run scores only its distill.target's)
+SCORING_KEYS = ("distill.bank_size", "distill.bank_groups", "distill.mediator_samples", "distill.target")
 
 
 def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
