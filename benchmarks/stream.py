@@ -128,7 +128,13 @@ def run(out: Path, quick: bool) -> dict[str, object]:
     from distrec.data.schema import Manifest
     from distrec.io import atomic_dir
     from distrec.orchestrate.pipeline import soft_label_targets
-    from distrec.orchestrate.stream import front_door_column, soft_label_stream, write_history_bank
+    from distrec.orchestrate.stream import (
+        InlineScoring,
+        ScoringOptions,
+        front_door_column,
+        soft_label_stream,
+        write_history_bank,
+    )
     from distrec.train.loop import WorkerTask
 
     rows = 300_000 if quick else 500_000  # quick: enough steps (100 a rank) for the steady state to mean one
@@ -145,6 +151,7 @@ def run(out: Path, quick: bool) -> dict[str, object]:
 
     groups, batch = config.distill.bank_groups, config.distill.score_batch_size
     targets = soft_label_targets(config)  # as distrec run scores them: the front-door columns the student reads
+    options = ScoringOptions(str(bank), bank_groups=groups, targets=targets)  # inline: one thread, as the rank
 
     def stream(bank_groups: int = groups) -> object:
         return soft_label_stream(files, columns, teachers, bank, batch, bank_groups=bank_groups, targets=targets)  # type: ignore[arg-type]
@@ -166,7 +173,7 @@ def run(out: Path, quick: bool) -> dict[str, object]:
     epoch: dict[str, list[float]] = defaultdict(list)  # per side: the whole epoch's rows/s
     first_step: dict[str, list[float]] = defaultdict(list)  # per side: seconds of the epoch's first step
 
-    def side(name: str, dataset: object = None, train_files: list[str] | None = None) -> float:
+    def side(name: str, dataset: object = None, train_files: list[str] | None = None, inline: object = None) -> float:
         """The steady rows/s of one student epoch (module docstring), recording the rest."""
         task = WorkerTask(
             model=config.student,
@@ -176,6 +183,7 @@ def run(out: Path, quick: bool) -> dict[str, object]:
             soft_label_columns=soft,
             distill=config.distill,
             crl=config.crl,
+            inline_scoring=inline,
         )
         metrics = fit_metrics(task, out, dataset)
         epoch[name].append(metrics["rows"] / metrics["seconds"])
@@ -188,6 +196,7 @@ def run(out: Path, quick: bool) -> dict[str, object]:
         "precomputed": lambda: side(
             "precomputed", train_files=sorted(str(f.resolve()) for f in precomputed.glob("*.parquet"))
         ),
+        "inline": lambda: side("inline", inline=InlineScoring(teachers, options)),  # type: ignore[arg-type]
         "scoring": scoring,
     }
     if not quick:  # the sides that explain the ratio
@@ -216,6 +225,10 @@ def run(out: Path, quick: bool) -> dict[str, object]:
     return {
         "ratio": ratio(results["stream"], results["precomputed"]),
         "ratio_spread": spread(results["stream"], results["precomputed"]),
+        "inline_ratio": ratio(results["inline"], results["precomputed"]),
+        "inline_ratio_spread": spread(results["inline"], results["precomputed"]),
+        "inline_epoch_ratio": ratio(epoch["inline"], epoch["precomputed"]),
+        "inline_first_step_seconds": round(median(first_step["inline"]), 1),
         "epoch_ratio": ratio(epoch["stream"], epoch["precomputed"]),
         "epoch_ratio_spread": spread(epoch["stream"], epoch["precomputed"]),
         "stream_first_step_seconds": round(median(first_step["stream"]), 1),
@@ -225,6 +238,7 @@ def run(out: Path, quick: bool) -> dict[str, object]:
         "shared_cores_bound": round(bound, 3),
         "scoring_rows_per_s": round(median(results["scoring"])),
         "stream_samples_per_s": round(median(results["stream"])),
+        "inline_samples_per_s": round(median(results["inline"])),
         "precomputed_samples_per_s": round(median(results["precomputed"])),
         "teachers": [f"{t.arch} dim {t.dim} hidden {t.hidden}" for t in config.teachers],
         "student": f"{config.student.arch} dim {config.student.dim} hidden {config.student.hidden}",

@@ -120,7 +120,9 @@ class DistillConfig:
     # target is a non-linear function of it, so that target is biased (and more so the larger G)
     bank_groups: int = 1
     # precompute: the Ray Data scoring stream is written once to Parquet (bounded memory) and every student
-    # reads it like base reads the logs; stream: the student consumes the live stream, scored every epoch
+    # reads it like base reads the logs; stream: the student consumes the live stream, scored every epoch;
+    # inline: each training rank scores the rows it reads with every teacher, in its own process, every
+    # epoch (no scorer actors, object store or Ray Data: the scoring scales with the ranks)
     soft_labels: str = "precompute"
     score_batch_size: int = 4096
     schedule: str = "constant"  # constant | linear_warmup (lambda ramps from 0 over warmup_steps)
@@ -482,7 +484,7 @@ def check_train(train: TrainConfig, errors: Errors) -> None:
 DISTILL_LOSSES = ("bce", "kl")
 DISTILL_TARGETS = ("front_door", "conditional")
 DISTILL_SCHEDULES = ("constant", "linear_warmup")
-SOFT_LABEL_MODES = ("precompute", "stream")
+SOFT_LABEL_MODES = ("precompute", "stream", "inline")
 MI_ESTIMATORS = ("nce_club", "club")
 CRL_REPRESENTATIONS = ("penultimate", "score")
 

@@ -58,7 +58,14 @@ from distrec.eval.evaluate import activity_groups_of, ceilings, evaluate_exports
 from distrec.eval.groups import group_profile, groups_from_counts
 from distrec.eval.report import build_report, write_report
 from distrec.io import atomic_write_json, atomic_write_text, partial_dir
-from distrec.orchestrate.stream import conditional_column, front_door_column, soft_label_stream, write_history_bank
+from distrec.orchestrate.stream import (
+    InlineScoring,
+    ScoringOptions,
+    conditional_column,
+    front_door_column,
+    soft_label_stream,
+    write_history_bank,
+)
 from distrec.orchestrate.trainers import TrainedModel, fit, fit_concurrently
 from distrec.train.export import read_export
 from distrec.train.loop import WorkerTask
@@ -362,6 +369,20 @@ def train_students(ctx: RunContext) -> None:
         jobs = [(ctx.task(m, config.seed, train_files=precomputed, **kw), None) for m, kw in todo]
         for trained in fit_concurrently(jobs, ctx.storage).values():
             _keep(ctx, trained)
+    elif config.distill.soft_labels == "inline":
+        ctx.stage("student scoring its own soft labels", [students[-1][0].name])
+        log.info("training the student on soft labels its ranks score inline")
+        model_config, extra = students[-1]
+        distill = config.distill
+        options = ScoringOptions(
+            str(history_bank(ctx)),
+            distill.mediator_samples,
+            config.seed,
+            bank_groups=distill.bank_groups,
+            targets=soft_label_targets(config),
+        )
+        scoring = InlineScoring(teacher_exports(ctx), options)
+        _keep(ctx, fit(ctx.task(model_config, config.seed, inline_scoring=scoring, **extra), ctx.storage))
     else:
         ctx.stage("student on the streamed soft labels", [students[-1][0].name])
         log.info("training the student on the streamed soft labels")
@@ -369,24 +390,34 @@ def train_students(ctx: RunContext) -> None:
         _keep(ctx, fit(ctx.task(model_config, config.seed, **extra), ctx.storage, soft_labels(ctx)))
 
 
+def history_bank(ctx: RunContext) -> Path:
+    """The run's bank of histories x' for the front-door marginalisation, drawn from the train split once."""
+    bank = ctx.run_dir / "history_bank.parquet"
+    if not bank.is_file():
+        write_history_bank(ctx.manifest, str(ctx.root), ctx.config.distill.bank_size, ctx.config.seed, bank)
+    return bank
+
+
+def teacher_exports(ctx: RunContext) -> dict[str, list[str]]:
+    """Each teacher's export directory, or its cross-fitted copies' in fold order."""
+    folds = ctx.config.distill.cross_fit
+    return {
+        t.name: [str(ctx.model_dir(copy.name).resolve()) for copy, _ in cross_fitted(t, folds)]
+        for t in ctx.config.teachers
+    }
+
+
 def soft_labels(ctx: RunContext) -> ray.data.Dataset:
     """The lazily executed soft-label stream over the train split, from every teacher's export."""
     config = ctx.config
-    bank = ctx.run_dir / "history_bank.parquet"
-    if not bank.is_file():
-        write_history_bank(ctx.manifest, str(ctx.root), config.distill.bank_size, config.seed, bank)
-    folds = config.distill.cross_fit
-    teachers = {
-        t.name: [str(ctx.model_dir(copy.name).resolve()) for copy, _ in cross_fitted(t, folds)] for t in config.teachers
-    }
     train_files = [str(f.resolve()) for f in ctx.manifest.files(ctx.root, "train")]
     columns = BatchBuilder(ctx.manifest).columns
     distill = config.distill
     return soft_label_stream(
         train_files,
         columns,
-        teachers,
-        bank,
+        teacher_exports(ctx),
+        history_bank(ctx),
         distill.score_batch_size,
         distill.mediator_samples,
         config.seed,

@@ -47,6 +47,7 @@ from distrec.train.feed import pair_folds, row_folds
 # mid-stream and checks). Bounded, unlike Ray Data's default of forever: a scorer that dies on every
 # batch fails the run instead of looping.
 SCORER_MAX_RESTARTS = 3
+Rows = pa.Table | pa.RecordBatch  # what a scorer scores: a stream's batches, or a reader's chunks (inline)
 
 
 def front_door_column(teacher: str) -> str:
@@ -105,10 +106,15 @@ class TeacherScorer:
             direct = self.model.encode(self.builder(bank)).direct
             self.bank = split_bank(direct, options.bank_groups, options.seed, self.model.bank_head)
 
-    def __call__(self, table: pa.Table) -> pa.Table:
+    @property
+    def columns(self) -> list[str]:
+        """The log columns it reads."""
+        return self.builder.columns
+
+    def __call__(self, table: Rows) -> Rows:
         return with_soft_labels(table, self.name, self.score(table))
 
-    def score(self, table: pa.Table) -> dict[str, np.ndarray]:
+    def score(self, table: Rows) -> dict[str, np.ndarray]:
         """Each target's probability for every row of ``table`` (the front-door estimate, the plain
         conditional probability), as float32. A target's values do not depend on the others being scored."""
         if table.num_rows == 0:  # TorchRec cannot split an empty KJT; Ray Data never sends one, a caller may
@@ -139,8 +145,9 @@ class CrossFittedScorer:
     def __init__(self, export_dirs: Sequence[str], options: ScoringOptions) -> None:
         self.copies = [TeacherScorer(d, options) for d in export_dirs]
         self.name = self.copies[0].name
+        self.columns = self.copies[0].columns
 
-    def __call__(self, table: pa.Table) -> pa.Table:
+    def __call__(self, table: Rows) -> Rows:
         folds = row_folds(self.copies[0].builder(table), len(self.copies))
         probs = {target: np.empty(table.num_rows, np.float32) for target in self.copies[0].targets}
         for fold, copy in enumerate(self.copies):
@@ -160,10 +167,25 @@ class SoftLabeler:
             for copies in ([e] if isinstance(e, str) else list(e) for e in teachers.values())
         ]
 
-    def __call__(self, table: pa.Table) -> pa.Table:
+    @property
+    def columns(self) -> list[str]:
+        """The log columns its teachers read."""
+        return list(dict.fromkeys(c for scorer in self.scorers for c in scorer.columns))
+
+    def __call__(self, table: Rows) -> Rows:
         for scorer in self.scorers:
             table = scorer(table)
         return table
+
+
+@dataclass(frozen=True)
+class InlineScoring:
+    """``distill.soft_labels=inline``: the student's ranks each score the rows they read (``SoftLabeler`` in
+    the training process, on the reader's chunks) instead of a stream's scorer actors. ``teachers`` is as
+    for ``SoftLabeler``; ``options.threads`` should stay the rank's own (1)."""
+
+    teachers: Mapping[str, str | Sequence[str]]
+    options: ScoringOptions
 
 
 def batch_seed(batch: Batch, seed: int) -> int:
@@ -175,7 +197,7 @@ def batch_seed(batch: Batch, seed: int) -> int:
         return int((pairs.astype(np.uint64) * weights).sum() ^ np.uint64(seed)) % 2**63
 
 
-def with_soft_labels(table: pa.Table, teacher: str, probs: Mapping[str, np.ndarray]) -> pa.Table:
+def with_soft_labels(table: Rows, teacher: str, probs: Mapping[str, np.ndarray]) -> Rows:
     """``table`` with a teacher's column of each target in ``probs`` appended."""
     column = {"front_door": front_door_column, "conditional": conditional_column}
     for target, values in probs.items():

@@ -64,6 +64,9 @@ class WorkerTask:
     progress: Any = None
     # Cross-fitting: (fold k, folds K), a teacher's copy that gives weight 0 to the rows of fold k
     held_out: tuple[int, int] | None = None
+    # distill.soft_labels=inline (a distrec.orchestrate.stream.InlineScoring): each rank scores the rows
+    # it reads from the logs with every teacher before training on them
+    inline_scoring: Any = None
 
 
 PROGRESS_EVERY_S = 1.0
@@ -222,15 +225,18 @@ class Worker:
         files = task.train_files or [str(f) for f in self.manifest.files(task.dataset, "train")]
         # one row of the train split: the shape of this rank's padding batches
         self.log_columns = [c for c in self.builder.columns if c not in task.soft_label_columns]
+        self.labeler = None
+        read = self.builder.columns
+        if task.inline_scoring is not None:  # this rank adds the soft-label columns to the logs it reads
+            from distrec.orchestrate.stream import SoftLabeler
+
+            self.labeler = SoftLabeler(task.inline_scoring.teachers, task.inline_scoring.options)
+            read = list(dict.fromkeys(self.log_columns + self.labeler.columns))
         first = pq.ParquetFile(self.manifest.files(task.dataset, "train")[0]).read_row_group(
             0, columns=self.log_columns
         )
         self.template = self.builder(with_zero_columns(first.slice(0, 1), task.soft_label_columns))
-        self.reader = (
-            ShardReader(files, self.builder.columns, self.rank, self.world, train.batch_size)
-            if task.shards is None
-            else None
-        )
+        self.reader = ShardReader(files, read, self.rank, self.world, train.batch_size) if task.shards is None else None
         self.valid_files = [str(f) for f in self.manifest.files(task.dataset, train.valid_split)]
 
         per_rank_rows = -(-int(self.manifest.rows.get("train") or 0) // self.world)
@@ -322,6 +328,8 @@ class Worker:
         if self.reader is not None:
             tables = self.reader.chunks(skip_batches=self.progress.step)
             steps = max(0, self.reader.steps - self.progress.step)
+            if self.labeler is not None:
+                tables = (replace(chunk, records=self.labeler(chunk.records)) for chunk in tables)
         else:
             tables = arrow_batches(task.shards[self.rank], task.train.batch_size)  # type: ignore[index]
         batches = to_batches(tables, self.builder, task.train.batch_size, seed)
