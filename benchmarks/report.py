@@ -67,6 +67,11 @@ def _rows(details: dict[str, dict[str, object]]) -> list[tuple[str, ...]]:
             )
             if "full_bank_ratio" in d:
                 size += f"; the whole bank for every row: {d.get('full_bank_ratio')} steady"
+            if "inline_ratio" in d:
+                size += (
+                    f"; scored inline by the student's ranks (distill.soft_labels=inline): {d.get('inline_ratio')} "
+                    f"steady, {d.get('inline_epoch_ratio')} whole epoch"
+                )
         elif key == "d":
             measured = f"{_n(d.get('two_workers_samples_per_s'))} samples/s, 2 workers"
             reference = f"{_n(d.get('one_worker_samples_per_s'))} samples/s, 1 worker"
@@ -154,8 +159,8 @@ def _reading(details: dict[str, dict[str, object]], info: dict[str, object]) -> 
             "so they also pay its per-table KJT split."
         )
     if c:
-        score_ms = 1000 / c["scoring_rows_per_s"]  # type: ignore[operator]
-        train_ms = 1000 * c["workers"] / c["precomputed_samples_per_s"]  # type: ignore[operator]
+        score_us = 1e6 / c["scoring_rows_per_s"]  # type: ignore[operator]
+        train_us = 1e6 * c["workers"] / c["precomputed_samples_per_s"]  # type: ignore[operator]
         bank_rows = c["bank_size"] // (c.get("bank_groups") or 1)  # type: ignore[operator]
         out.append(
             f"**(c) stream vs precomputed {c.get('ratio')}** in the steady state "
@@ -165,8 +170,8 @@ def _reading(details: dict[str, dict[str, object]], info: dict[str, object]) -> 
             f"work: with a bank of {c.get('bank_size')} in {c.get('bank_groups')} random groups "
             "(`distill.bank_groups`: each chunk of rows scored against one group, an unbiased estimate of "
             f"the front-door probability), each teacher's head runs {bank_rows} times per row; on one thread, "
-            f"scoring with all teachers ran at {_n(c.get('scoring_rows_per_s'))} rows/s ({score_ms:.2f} "
-            f"core-ms per row), against {train_ms:.2f} core-ms per row for the {c.get('workers')}-worker "
+            f"scoring with all teachers ran at {_n(c.get('scoring_rows_per_s'))} rows/s ({score_us:.1f} "
+            f"core-us per row), against {train_us:.1f} core-us per row for the {c.get('workers')}-worker "
             "student on precomputed labels. Splitting the heads against the bank (`bank_head`) scores "
             f"{c.get('scoring_split_speedup')}x as many rows/s as the generic broadcast path "
             f"({_n(c.get('scoring_generic_rows_per_s'))} rows/s). "
@@ -193,6 +198,17 @@ def _reading(details: dict[str, dict[str, object]], info: dict[str, object]) -> 
                 f"{c.get('stream_full_bank_first_step_seconds')} s): on shared cores that needs the scorers "
                 "on cores (or GPUs) of their own."
                 if "full_bank_ratio" in c
+                else ""
+            )
+            + (
+                " Scored inline instead (`distill.soft_labels=inline`: each student rank runs the teachers on the "
+                "chunks it reads, in its own process; no scorer actors, object store or Ray Data), the student "
+                f"runs at {_n(c.get('inline_samples_per_s'))} samples/s, {c.get('inline_ratio')} "
+                f"({(c.get('inline_ratio_spread') or {}).get('min')}-{(c.get('inline_ratio_spread') or {}).get('max')})"
+                f" in the steady state and {c.get('inline_epoch_ratio')} over the whole epoch, its first step "
+                f"{c.get('inline_first_step_seconds')} s: the stream's warm-up is gone, but each rank pays the "
+                "scoring's CPU in its own steps."
+                if "inline_ratio" in c
                 else ""
             )
             + " The reference is the student reading the precomputed labels with its own file reader, as "

@@ -11,6 +11,8 @@ Both sides are one epoch of the ``jobs/local.yaml`` student (BCE + front-door KD
   output directory, keyed by the teachers' weights and the bank), then read by the student's own
   file reader (``train_files``, each rank its share), as ``distrec run`` trains every student on the
   soft labels it scored once.
+- ``inline`` (reported beside the headline): ``distill.soft_labels=inline``, each student rank scoring the
+  chunks it reads with every teacher (``WorkerTask.inline_scoring``), no stage or actors.
 
 The teachers are freshly initialised exports of the ``jobs/local.yaml`` teachers (DeepFM, DCN):
 scoring costs the same whatever the weights, and this skips training them. The headline is the
@@ -34,7 +36,8 @@ stream and the student share the same cores, no overlap can beat ``cores / (work
 precomputed_rate / scoring_rate)`` (the student's workers each keeping one core busy): that rough
 bound is reported as ``shared_cores_bound``. Where the job scores against groups of the bank, one more
 side streams against the whole bank for every row (``full_bank_*``: 64 head evaluations a row instead
-of 8). ``--quick`` runs the stream, precomputed and scoring sides only.
+of 8). ``--quick`` runs the stream, precomputed, inline and scoring sides only. Both live sides score only the
+front-door columns the student reads, as ``distrec run`` does (``soft_label_targets``).
 """
 
 from __future__ import annotations
@@ -151,7 +154,9 @@ def run(out: Path, quick: bool) -> dict[str, object]:
 
     groups, batch = config.distill.bank_groups, config.distill.score_batch_size
     targets = soft_label_targets(config)  # as distrec run scores them: the front-door columns the student reads
-    options = ScoringOptions(str(bank), bank_groups=groups, targets=targets)  # inline: one thread, as the rank
+    options = ScoringOptions(
+        str(bank.resolve()), bank_groups=groups, targets=targets
+    )  # inline: one thread, as the rank
 
     def stream(bank_groups: int = groups) -> object:
         return soft_label_stream(files, columns, teachers, bank, batch, bank_groups=bank_groups, targets=targets)  # type: ignore[arg-type]

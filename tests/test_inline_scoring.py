@@ -18,16 +18,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_a_student_scoring_inline_trains_as_on_the_precomputed_soft_labels(
-    ray_local: None, tiny_dataset: tuple[Path, Manifest], tmp_path: Path
+    ray_local: None, tiny_dataset: tuple[Path, Manifest], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One rank, every row against the whole bank (no random draws): the soft labels do not depend on how the
     rows are chunked, so the student trained on labels its rank scores inline must follow the same path as
     the one trained on the labels scored once into Parquet (to float rounding); its distillation loss shows
-    the labels were there (all-zero labels would give another loss)."""
+    the labels were there (all-zero labels would give another loss). The runs directory is relative, as in
+    ``jobs/local.yaml``: the ranks, which run in directories of their own, must still find the bank."""
     root, _ = tiny_dataset
+    monkeypatch.chdir(tmp_path)
     overrides = [
         f"data.path={root}",
-        f"runs_dir={tmp_path}",
+        "runs_dir=runs",
         "run_id=inline",
         "train.epochs=1",
         "train.num_workers=1",

@@ -391,8 +391,9 @@ def train_students(ctx: RunContext) -> None:
 
 
 def history_bank(ctx: RunContext) -> Path:
-    """The run's bank of histories x' for the front-door marginalisation, drawn from the train split once."""
-    bank = ctx.run_dir / "history_bank.parquet"
+    """The run's bank of histories x' for the front-door marginalisation, drawn from the train split once;
+    an absolute path, as the processes that read it (a Ray Train rank, a Ray worker) may run elsewhere."""
+    bank = (ctx.run_dir / "history_bank.parquet").resolve()
     if not bank.is_file():
         write_history_bank(ctx.manifest, str(ctx.root), ctx.config.distill.bank_size, ctx.config.seed, bank)
     return bank
