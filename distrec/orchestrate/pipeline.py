@@ -12,7 +12,7 @@ always a finished run:
                            training.json is written last: its presence marks the model complete
                            (with distill.cross_fit=F also models/<teacher>__fold<f>/, f = 1..F-1)
     soft_labels/           the soft labels scored once, in the train split's row order (not with
-                           distill.soft_labels=stream, where the student consumes the live stream)
+                           distill.soft_labels=stream or inline, where the student consumes them live)
     checkpoints/           Ray Train's run storage (sharded DCP checkpoints: a model resumes from them)
     metrics.json           every model's and peer's test metrics
     report.json, report.md, *.png
@@ -354,7 +354,7 @@ def sibling_export(export: str | None, name: str) -> str | None:
 
 
 def train_students(ctx: RunContext) -> None:
-    """Stages: soft labels (front-door and plain, from every teacher), then the student variants."""
+    """Stages: soft labels (from every teacher, the targets the students read), then the student variants."""
     config = ctx.config
     students = student_variants(config, [t.name for t in config.teachers])
     todo = [(m, kw) for m, kw in students if not ctx.done(m.name)]
