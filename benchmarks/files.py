@@ -32,12 +32,12 @@ def _streamed(root: Path, teacher: Path, bank: Path) -> float:
     """Rows/s of one streamed pass over ``root``'s training files."""
     from distrec.data.batch import BatchBuilder
     from distrec.data.schema import Manifest
-    from distrec.orchestrate.stream import soft_label_stream
+    from distrec.orchestrate.stream import ScoringOptions, soft_label_stream
 
     files, expected = _files_and_rows(root)
     started = time.perf_counter()
     columns = BatchBuilder(Manifest.read(root)).columns
-    stream = soft_label_stream(files, columns, {"t": str(teacher)}, bank, 1024)
+    stream = soft_label_stream(files, columns, {"t": str(teacher)}, ScoringOptions(str(bank)), 1024)
     rows = sum(t.num_rows for t in stream.iter_batches(batch_size=1024, batch_format="pyarrow"))
     seconds = time.perf_counter() - started
     if rows != expected:

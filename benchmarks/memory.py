@@ -147,10 +147,11 @@ def stream_pass(
     """``files`` through ``soft_label_stream`` with one teacher, consumed batch by batch into ``BatchBuilder``
     as the student's feed does (inside a running Ray); rows, seconds and rows/s."""
     from distrec.data.batch import BatchBuilder
-    from distrec.orchestrate.stream import front_door_column, soft_label_stream
+    from distrec.orchestrate.stream import ScoringOptions, front_door_column, soft_label_stream
 
     columns = BatchBuilder(manifest).columns  # type: ignore[arg-type]
-    stream = soft_label_stream(files, columns, {"t": teacher}, bank, batch_size, bank_groups=bank_groups)
+    options = ScoringOptions(str(bank), bank_groups=bank_groups)
+    stream = soft_label_stream(files, columns, {"t": teacher}, options, batch_size)
     name = json.loads(Path(teacher, "model.json").read_text())["name"]
     builder = BatchBuilder(manifest, [front_door_column(name)])  # type: ignore[arg-type]
     rows, started = 0, time.perf_counter()

@@ -70,24 +70,17 @@ def _teacher_exports(out: Path, config: object, manifest: object) -> dict[str, o
 
 
 def _scoring(
-    teachers: dict[str, object],
-    bank: Path,
-    files: list[str],
-    columns: list[str],
-    batch_size: int,
-    groups: int,
-    targets: tuple[str, ...],
-    split: bool,
+    teachers: dict[str, object], options: object, files: list[str], columns: list[str], batch_size: int, split: bool
 ) -> object:
-    """A function timing rows/s of scoring with every teacher (one after the other) on one thread, against
-    ``groups`` groups of the bank; ``split=False`` drops each scorer's split heads (the generic path)."""
+    """A function timing rows/s of scoring with every teacher (one after the other) on one thread, with
+    ``options`` (the bank's groups, the targets); ``split=False`` drops each scorer's split heads (the
+    generic path)."""
     import pyarrow.parquet as pq
     import torch
 
-    from distrec.orchestrate.stream import ScoringOptions, TeacherScorer
+    from distrec.orchestrate.stream import TeacherScorer
 
     threads = torch.get_num_threads()
-    options = ScoringOptions(str(bank), bank_groups=groups, targets=targets)
     scorers = [TeacherScorer(export, options) for export in teachers.values()]  # type: ignore[arg-type]
     if not split:
         for scorer in scorers:
@@ -153,13 +146,11 @@ def run(out: Path, quick: bool) -> dict[str, object]:
     soft = [front_door_column(name) for name in teachers]
 
     groups, batch = config.distill.bank_groups, config.distill.score_batch_size
-    targets = soft_label_targets(config)  # as distrec run scores them: the front-door columns the student reads
-    options = ScoringOptions(
-        str(bank.resolve()), bank_groups=groups, targets=targets
-    )  # inline: one thread, as the rank
+    # as distrec run scores them: the front-door columns the student reads; one thread (inline: as the rank)
+    options = ScoringOptions(str(bank.resolve()), bank_groups=groups, targets=soft_label_targets(config))
 
     def stream(bank_groups: int = groups) -> object:
-        return soft_label_stream(files, columns, teachers, bank, batch, bank_groups=bank_groups, targets=targets)  # type: ignore[arg-type]
+        return soft_label_stream(files, columns, teachers, replace(options, bank_groups=bank_groups), batch)  # type: ignore[arg-type]
 
     inputs = [f for f in sorted((work / "teachers").rglob("*")) if f.is_file()] + [bank]
     digest = hashlib.sha1(b"".join(f.read_bytes() for f in inputs)).hexdigest()
@@ -167,8 +158,8 @@ def run(out: Path, quick: bool) -> dict[str, object]:
     if not precomputed.is_dir():
         with atomic_dir(precomputed) as tmp:
             stream().write_parquet(str(tmp))  # type: ignore[attr-defined]
-    scoring = _scoring(teachers, bank, files, columns, batch, groups, targets, split=True)
-    scoring_generic = _scoring(teachers, bank, files, columns, batch, groups, targets, split=False)
+    scoring = _scoring(teachers, options, files, columns, batch, split=True)
+    scoring_generic = _scoring(teachers, options, files, columns, batch, split=False)
     alone: list[tuple[float, float]] = []
 
     def stream_alone() -> float:

@@ -19,6 +19,7 @@ from distrec.data.datasource import READ_CHUNK_ROWS, ParquetFiles, read_tasks
 from distrec.data.schema import ITEM, LABEL, TS, USER, Manifest
 from distrec.models.architectures import build_model
 from distrec.orchestrate.stream import (
+    ScoringOptions,
     conditional_column,
     front_door_column,
     soft_label_stream,
@@ -83,7 +84,7 @@ def test_every_row_exactly_once_with_both_teachers_columns(
     context = ray.data.DataContext.get_current()
     block_size, context.target_max_block_size = context.target_max_block_size, 32 * 1024
     try:
-        stream = soft_label_stream(files, columns, exports, bank, batch_size=300).map_batches(
+        stream = soft_label_stream(files, columns, exports, ScoringOptions(str(bank)), batch_size=300).map_batches(
             stamp, batch_format="pyarrow"
         )
         consumers = [Consumer.remote() for _ in range(2)]  # type: ignore[attr-defined]

@@ -373,15 +373,7 @@ def train_students(ctx: RunContext) -> None:
         ctx.stage("student scoring its own soft labels", [students[-1][0].name])
         log.info("training the student on soft labels its ranks score inline")
         model_config, extra = students[-1]
-        distill = config.distill
-        options = ScoringOptions(
-            str(history_bank(ctx)),
-            distill.mediator_samples,
-            config.seed,
-            bank_groups=distill.bank_groups,
-            targets=soft_label_targets(config),
-        )
-        scoring = InlineScoring(teacher_exports(ctx), options)
+        scoring = InlineScoring(teacher_exports(ctx), scoring_options(ctx))
         _keep(ctx, fit(ctx.task(model_config, config.seed, inline_scoring=scoring, **extra), ctx.storage))
     else:
         ctx.stage("student on the streamed soft labels", [students[-1][0].name])
@@ -399,6 +391,19 @@ def history_bank(ctx: RunContext) -> Path:
     return bank
 
 
+def scoring_options(ctx: RunContext) -> ScoringOptions:
+    """How the run's teachers score its soft labels, in a stream's actors or inline: its history bank, the
+    draws, the bank's groups and the targets its students read (on one thread)."""
+    distill = ctx.config.distill
+    return ScoringOptions(
+        str(history_bank(ctx)),
+        distill.mediator_samples,
+        ctx.config.seed,
+        bank_groups=distill.bank_groups,
+        targets=soft_label_targets(ctx.config),
+    )
+
+
 def teacher_exports(ctx: RunContext) -> dict[str, list[str]]:
     """Each teacher's export directory, or its cross-fitted copies' in fold order."""
     folds = ctx.config.distill.cross_fit
@@ -410,22 +415,17 @@ def teacher_exports(ctx: RunContext) -> dict[str, list[str]]:
 
 def soft_labels(ctx: RunContext) -> ray.data.Dataset:
     """The lazily executed soft-label stream over the train split, from every teacher's export."""
-    config = ctx.config
     train_files = [str(f.resolve()) for f in ctx.manifest.files(ctx.root, "train")]
     columns = BatchBuilder(ctx.manifest).columns
-    distill = config.distill
+    distill = ctx.config.distill
     return soft_label_stream(
         train_files,
         columns,
         teacher_exports(ctx),
-        history_bank(ctx),
+        scoring_options(ctx),
         distill.score_batch_size,
-        distill.mediator_samples,
-        config.seed,
         scorers_per_teacher=distill.scorers_per_teacher,
         scorer_cpus=distill.scorer_cpus,
-        bank_groups=distill.bank_groups,
-        targets=soft_label_targets(config),
     )
 
 

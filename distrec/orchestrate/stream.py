@@ -23,7 +23,7 @@ and scores each row with the copy that did not train on it (``CrossFittedScorer`
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +56,9 @@ def front_door_column(teacher: str) -> str:
 
 def conditional_column(teacher: str) -> str:
     return f"kd__{teacher}"
+
+
+SOFT_LABEL_COLUMN = {"front_door": front_door_column, "conditional": conditional_column}  # target -> its column
 
 
 @dataclass(frozen=True)
@@ -199,9 +202,8 @@ def batch_seed(batch: Batch, seed: int) -> int:
 
 def with_soft_labels(table: Rows, teacher: str, probs: Mapping[str, np.ndarray]) -> Rows:
     """``table`` with a teacher's column of each target in ``probs`` appended."""
-    column = {"front_door": front_door_column, "conditional": conditional_column}
     for target, values in probs.items():
-        table = table.append_column(column[target](teacher), pa.array(values))
+        table = table.append_column(SOFT_LABEL_COLUMN[target](teacher), pa.array(values))
     return table
 
 
@@ -230,24 +232,20 @@ def soft_label_stream(
     train_files: list[str],
     columns: list[str],
     teachers: Mapping[str, str | Sequence[str]],
-    bank_path: Path,
+    options: ScoringOptions,
     batch_size: int,
-    mediator_samples: int = 1,
-    seed: int = 0,
     scorers_per_teacher: int = 1,
     scorer_cpus: float = 1.0,
-    bank_groups: int = 1,
-    targets: tuple[str, ...] = DISTILL_TARGETS,
 ) -> ray.data.Dataset:
     """The lazily executed dataset the student trains on: logs plus every teacher's columns.
 
     ``teachers`` maps each teacher's name to its export directory (on storage every node sees), or to
     its cross-fitted copies' in fold order (copy k trained without fold k; one copy: not cross-fitted).
     The scoring stage (``SoftLabeler``) runs ``scorers_per_teacher`` actors per teacher, each holding every
-    teacher, of ``scorer_cpus`` CPUs (and as many torch threads, at least one); ``mediator_samples``,
-    ``seed``, ``bank_groups`` and ``targets`` are its ``ScoringOptions``.
+    teacher, of ``scorer_cpus`` CPUs (and as many torch threads, at least one: they replace ``options.threads``),
+    scoring with ``options``.
     """
-    options = ScoringOptions(str(bank_path), mediator_samples, seed, max(1, int(scorer_cpus)), bank_groups, targets)
+    options = replace(options, threads=max(1, int(scorer_cpus)))
     slots = cpu_slots()
     tasks = read_tasks(train_files, slots)
     ds = ray.data.read_datasource(ParquetFiles(train_files, columns), concurrency=slots, override_num_blocks=tasks)
