@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from distrec.data.batch import Batch, BatchBuilder, sparse_keys, table_index
 from distrec.data.reader import ShardReader
 from distrec.data.schema import HISTORY, LABEL, Manifest, SparseFeature
 from distrec.errors import DataError
-from distrec.train.feed import lockstep
+from distrec.train.feed import background, lockstep
 
 
 def manifest() -> Manifest:
@@ -268,3 +269,37 @@ def test_bad_ids_in_a_file_are_named_with_the_file(tmp_path: Path, statistics: b
     chunks = ShardReader([path], builder.columns, 0, 1, batch_size=8).chunks()
     with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: column 'hist_item_ids': 2 ids outside \[0, 13\)"):
         list(builder.batches(chunks, 8))
+
+
+def test_background_feed_keeps_order_raises_and_stops() -> None:
+    """``background`` yields what its iterable yields, in order; an error in its thread reaches the
+    consumer; closing it early stops the thread instead of letting it produce for no one."""
+    import threading
+
+    assert list(background(iter(range(100)), depth=3)) == list(range(100))
+
+    def failing() -> Iterator[int]:
+        yield 1
+        raise DataError("bad chunk in f.parquet")
+
+    feed = background(failing())
+    assert next(feed) == 1
+    with pytest.raises(DataError, match=r"f\.parquet"):
+        next(feed)
+
+    produced: list[int] = []
+
+    def endless() -> Iterator[int]:
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    feed = background(endless(), depth=2)
+    assert [next(feed) for _ in range(5)] == list(range(5))
+    feed.close()
+    count = len(produced)
+    assert not any(t.name == "distrec-feed" for t in threading.enumerate())
+    assert len(produced) == count  # nothing more after close
+    assert count <= 5 + 2 + 1  # at most depth ahead, plus the item it was putting

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeAlias
 
 import numpy as np
 import pyarrow as pa
@@ -47,7 +48,7 @@ from distrec.train.feed import pair_folds, row_folds
 # mid-stream and checks). Bounded, unlike Ray Data's default of forever: a scorer that dies on every
 # batch fails the run instead of looping.
 SCORER_MAX_RESTARTS = 3
-Rows = pa.Table | pa.RecordBatch  # what a scorer scores: a stream's batches, or a reader's chunks (inline)
+Rows: TypeAlias = pa.Table | pa.RecordBatch  # what a scorer scores: a stream's batches, or a reader's chunks (inline)
 
 
 def front_door_column(teacher: str) -> str:

@@ -320,7 +320,7 @@ class Worker:
 
     def train_epoch(self, epoch: int) -> torch.Tensor:
         """One pass over this rank's share; returns [weighted loss, weight, components...] summed."""
-        from distrec.train.feed import arrow_batches, hold_out, lockstep, to_batches
+        from distrec.train.feed import arrow_batches, background, hold_out, lockstep, to_batches
 
         task = self.task
         seed = task.seed * 1_000_003 + epoch * 1_009 + self.rank if task.model.bootstrap else None
@@ -332,7 +332,7 @@ class Worker:
                 tables = (replace(chunk, records=self.labeler(chunk.records)) for chunk in tables)
         else:
             tables = arrow_batches(task.shards[self.rank], task.train.batch_size)  # type: ignore[index]
-        batches = to_batches(tables, self.builder, task.train.batch_size, seed)
+        batches = background(to_batches(tables, self.builder, task.train.batch_size, seed))
         held: deque[int] = deque()  # held-out rows of each local batch, in order (the pipeline keeps it)
         if task.held_out is not None:
             batches = hold_out(batches, *task.held_out, held)
