@@ -138,7 +138,11 @@ class Loss(nn.Module):
         local_weight = batch.weights.sum()
         # padding batches (all weights 0) must move neither the critic nor the student
         live = (local_weight > 0).to(logits.dtype)
-        global_weight = self._global_sum(local_weight.detach().reshape(1)) if training and self.counts_steps else None
+        # the live rows' weight over every rank, where something counts steps; with a critic, its first
+        # gradient all-reduce carries it (one collective a step fewer)
+        global_weight = None
+        if training and self.counts_steps and self.critic is None:
+            global_weight = self._global_sum(local_weight.detach().reshape(1))
         lam, beta = (c.to(logits.device, logits.dtype) for c in self.coefficients())
 
         label_logits = logits
@@ -155,8 +159,8 @@ class Loss(nn.Module):
             loss = loss + lam * kd
         if self.critic is not None and self.crl is not None and z is not None:
             y = batch.labels if self.crl.conditional else None
-            if global_weight is not None:
-                critic_loss = self._train_critic(z.detach(), batch.confounders, y, local_weight, global_weight)
+            if training:
+                critic_loss, global_weight = self._train_critic(z.detach(), batch.confounders, y, local_weight.detach())
             mi = self.critic.mi(z, batch.confounders, y=y)
             loss = loss + live * beta * mi
         if global_weight is not None and global_weight.item() > 0:
@@ -193,26 +197,21 @@ class Loss(nn.Module):
         return optimizer
 
     def _train_critic(
-        self,
-        z: torch.Tensor,
-        c: torch.Tensor,
-        y: torch.Tensor | None,
-        local_weight: torch.Tensor,
-        global_weight: torch.Tensor,
-    ) -> torch.Tensor:
+        self, z: torch.Tensor, c: torch.Tensor, y: torch.Tensor | None, local_weight: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``crl.critic_steps`` Adam steps on the critic's loss over every rank's live rows.
 
         Each step's gradient is sum_r w_r g_r / sum_r w_r over ranks r with live-row weight w_r, so
-        every replica takes the same step; no step when no rank has a live row. Returns the loss
-        before the first step (the critic's fit on rows it has not trained on yet), 0 on padding.
+        every replica takes the same step; no step when no rank has a live row. The first step's
+        all-reduce carries the weights too. Returns the loss before the first step (the critic's fit on
+        rows it has not trained on yet; 0 on padding) and sum_r w_r.
         """
         optimizer = self.critic_optimizer()
         assert self.critic is not None and self.crl is not None and optimizer is not None
         params = list(self.critic.parameters())
         first = torch.zeros((), dtype=z.dtype, device=z.device)
-        if global_weight.item() <= 0:  # every rank skips together: global_weight is the same everywhere
-            return first
         local_live = local_weight.item() > 0
+        global_weight = local_weight.reshape(1)
         for k in range(self.crl.critic_steps):
             if local_live:
                 loss = self.critic.critic_loss(z, c, y)
@@ -228,14 +227,21 @@ class Loss(nn.Module):
                     first = loss.detach()
             else:
                 flat = torch.zeros(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
-            flat = self._global_sum(flat) / global_weight.to(flat.dtype)
+            if k == 0:  # [w_r, w_r g_r] summed: the weight every rank agrees on, with the first gradient
+                summed = self._global_sum(torch.cat([local_weight.reshape(1).to(flat.dtype), flat]))
+                global_weight, flat = summed[:1], summed[1:]
+                if global_weight.item() <= 0:  # every rank skips together: the sum is the same everywhere
+                    return first, global_weight
+            else:
+                flat = self._global_sum(flat)
+            flat = flat / global_weight.to(flat.dtype)
             offset = 0
             for p in params:
                 p.grad = flat[offset : offset + p.numel()].view_as(p)
                 offset += p.numel()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        return first
+        return first, global_weight
 
 
 class Objective(nn.Module):
