@@ -12,7 +12,8 @@ Both sides are one epoch of the ``jobs/local.yaml`` student (BCE + front-door KD
   file reader (``train_files``, each rank its share), as ``distrec run`` trains every student on the
   soft labels it scored once.
 - ``inline`` (reported beside the headline): ``distill.soft_labels=inline``, each student rank scoring the
-  chunks it reads with every teacher (``WorkerTask.inline_scoring``), no stage or actors.
+  chunks it reads with every teacher (``WorkerTask.inline_scoring``) in a low-priority feed thread
+  (``distrec.train.feed.background``), no stage or actors.
 
 The teachers are freshly initialised exports of the ``jobs/local.yaml`` teachers (DeepFM, DCN):
 scoring costs the same whatever the weights, and this skips training them. The headline is the
@@ -36,7 +37,7 @@ stream and the student share the same cores, no overlap can beat ``cores / (work
 precomputed_rate / scoring_rate)`` (the student's workers each keeping one core busy): that rough
 bound is reported as ``shared_cores_bound``. Where the job scores against groups of the bank, one more
 side streams against the whole bank for every row (``full_bank_*``: 64 head evaluations a row instead
-of 8). ``--quick`` runs the stream, precomputed and scoring sides only. Both live sides score only the
+of 8). ``--quick`` runs the stream, precomputed, inline and scoring sides only. Both live sides score only the
 front-door columns the student reads, as ``distrec run`` does (``soft_label_targets``).
 """
 
@@ -193,28 +194,29 @@ def run(out: Path, quick: bool) -> dict[str, object]:
             "precomputed", train_files=sorted(str(f.resolve()) for f in precomputed.glob("*.parquet"))
         ),
         "scoring": scoring,
+        "inline": lambda: side("inline", inline=InlineScoring(teachers, options)),  # type: ignore[arg-type]
     }
-    if not quick:  # the sides that explain the ratio, and the inline alternative
+    if not quick:  # the sides that explain the ratio
         sides |= {"scoring_generic": scoring_generic, "stream_alone": stream_alone}
-        sides["inline"] = lambda: side("inline", inline=InlineScoring(teachers, options))  # type: ignore[arg-type]
         if groups > 1:
             sides["stream_full_bank"] = lambda: side("stream_full_bank", stream(1))
     load_before = load_average()
     results = interleave(sides, repeats)  # type: ignore[arg-type]
     cores, workers, pre = len(os.sched_getaffinity(0)), config.train.num_workers, median(results["precomputed"])
     bound = min(1.0, cores / (workers + pre / median(results["scoring"])))
-    explained: dict[str, object] = {}
+    explained: dict[str, object] = {
+        "inline_ratio": ratio(results["inline"], results["precomputed"]),
+        "inline_ratio_spread": spread(results["inline"], results["precomputed"]),
+        "inline_epoch_ratio": ratio(epoch["inline"], epoch["precomputed"]),
+        "inline_first_step_seconds": round(median(first_step["inline"]), 1),
+        "inline_samples_per_s": round(median(results["inline"])),
+    }
     if not quick:
-        explained = {
+        explained |= {
             "scoring_generic_rows_per_s": round(median(results["scoring_generic"])),
             "scoring_split_speedup": ratio(results["scoring"], results["scoring_generic"]),
             "first_batch_seconds": round(median([first for first, _ in alone]), 1),
             "steady_rows_per_s": round(median([steady for _, steady in alone])),
-            "inline_ratio": ratio(results["inline"], results["precomputed"]),
-            "inline_ratio_spread": spread(results["inline"], results["precomputed"]),
-            "inline_epoch_ratio": ratio(epoch["inline"], epoch["precomputed"]),
-            "inline_first_step_seconds": round(median(first_step["inline"]), 1),
-            "inline_samples_per_s": round(median(results["inline"])),
         }
         if groups > 1:
             explained |= {
