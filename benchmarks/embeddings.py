@@ -7,7 +7,8 @@ torch thread (as ``distrec.train.loop`` sets), alternating blocks of steps:
 - ``torchrec``: the construction of ``distrec.train.loop.train_worker`` step by step: tables on the
   meta device, ``apply_optimizer_in_backward`` (row-wise Adagrad, the default ``sparse_optimizer``),
   ``planner.collective_plan``, ``DistributedModelParallel`` (fbgemm TBE, fused kernel),
-  ``CombinedOptimizer`` with fused Adam for the dense layers, ``TrainPipelineSparseDist.progress``.
+  ``CombinedOptimizer`` with fused Adam for the dense layers, and what steps a rank alone
+  (``Training.pipeline``: ``DirectSteps``, forward, backward and the optimizers' step).
 - ``plain_sparseadam``: the same model built on the CPU, whose TorchRec ``EmbeddingBagCollection`` is
   a dict of plain ``nn.EmbeddingBag`` modules, switched to ``sparse=True``; ``torch.optim.SparseAdam``
   for the tables and the same fused Adam for the dense layers; ``loss.backward()`` then both ``step()``.
@@ -81,7 +82,6 @@ def _batches(manifest: object, table_rows: int, batch_size: int, count: int) -> 
 def _torchrec_step(manifest: object, batches: list[object], batch_size: int) -> object:
     """``train_worker``'s construction, minus Ray: returns a function running one pipelined step."""
     import torch
-    from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
     from distrec.config import ModelConfig, TrainConfig
     from distrec.train.loop import WorkerTask, build_training
@@ -92,11 +92,10 @@ def _torchrec_step(manifest: object, batches: list[object], batch_size: int) -> 
         dataset="",
     )
     training = build_training(task, manifest, 1, torch.device("cpu"))  # type: ignore[arg-type]
-    pipeline = TrainPipelineSparseDist(training.dmp, training.optimizer, torch.device("cpu"), execute_all_batches=True)
     feed = itertools.cycle(batches)
 
     def step() -> float:
-        return pipeline.progress(feed).loss.item()
+        return training.pipeline.progress(feed).loss.item()
 
     return step
 

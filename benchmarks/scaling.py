@@ -109,13 +109,12 @@ def _train_alone(root: str, seconds: float, rates: multiprocessing.Queue) -> Non
 
 def _train_in_group(root: str, model: object, steps: int, world: int, store: str, rank: int, rates: object) -> None:
     """Rank ``rank`` of ``world`` gloo processes training ``model`` as a Ray Train worker does
-    (``build_training``, TorchRec's ``TrainPipelineSparseDist``) but without Ray, on 32 preloaded batches
+    (``build_training`` and its ``pipeline``) but without Ray, on 32 preloaded batches
     of its share, for ``steps`` steps; puts its rows/s."""
     import os
 
     import torch
     import torch.distributed as dist
-    from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
     from distrec.config import TrainConfig
     from distrec.train.loop import WorkerTask, build_training
@@ -126,8 +125,7 @@ def _train_in_group(root: str, model: object, steps: int, world: int, store: str
     manifest, preloaded = _preloaded(root, rank, world)
     batches = itertools.cycle(preloaded)
     task = WorkerTask(model=model, train=TrainConfig(num_workers=world, batch_size=1024), dataset=root)  # type: ignore[arg-type]
-    training = build_training(task, manifest, world, torch.device("cpu"))
-    pipeline = TrainPipelineSparseDist(training.dmp, training.optimizer, torch.device("cpu"), execute_all_batches=True)
+    pipeline = build_training(task, manifest, world, torch.device("cpu")).pipeline
     for _ in range(5):  # warm-up
         pipeline.progress(batches)
     dist.barrier()

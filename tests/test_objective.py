@@ -578,3 +578,64 @@ def test_checkpoint_restores_the_critics_adam_state(tmp_path: Path) -> None:
             torch.testing.assert_close(p, q, msg=name)
     finally:
         dist.destroy_process_group()
+
+
+# --- one rank steps without TorchRec's pipeline ------------------------------------------------------------
+
+
+def _one_rank_worker(rank: int, port: int, out_dir: str) -> None:
+    """The same student trained twice at world size 1 from the same seed: by ``build_training``'s own
+    ``pipeline`` (DirectSteps) and by TorchRec's TrainPipelineSparseDist over a second copy."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        torch.set_num_threads(1)
+        from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+
+        from distrec.config import ModelConfig, TrainConfig
+        from distrec.train.export import gather_state_dict
+        from distrec.train.loop import DirectSteps, WorkerTask, build_training
+
+        manifest = tiny_manifest()
+        task = WorkerTask(
+            model=ModelConfig(name="student", arch="mlp", dim=8, hidden=[16, 8]),
+            train=TrainConfig(num_workers=1, batch_size=64),
+            dataset="",
+            soft_label_columns=[SOFT],
+            distill=DistillConfig(weight=1.0),
+            crl=CRLConfig(beta=1.0, critic_steps=2, critic_lr=1e-2),
+        )
+        builder = BatchBuilder(manifest, [SOFT])
+        batches = [builder(tiny_table(64, seed=i)) for i in range(6)]
+        results = {}
+        for name in ("direct", "pipelined"):
+            torch.manual_seed(0)
+            training = build_training(task, manifest, 1, torch.device("cpu"))
+            pipeline = training.pipeline
+            assert isinstance(pipeline, DirectSteps)
+            if name == "pipelined":
+                pipeline = TrainPipelineSparseDist(training.dmp, training.optimizer, torch.device("cpu"))
+            it = iter(batches)
+            losses = []
+            while True:
+                try:
+                    losses.append(pipeline.progress(it).loss.item())
+                except StopIteration:
+                    break
+            state = gather_state_dict(training.dmp, "")  # the tables unsharded, the critic and dense layers
+            results[name] = {"losses": losses, "state": state}
+        torch.save(results, Path(out_dir) / "one_rank.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_one_rank_direct_steps_train_as_torchrecs_pipeline(tmp_path: Path) -> None:
+    """A rank alone steps without TorchRec's pipeline (``DirectSteps``: nothing to overlap); the losses of
+    every step and every trained weight equal the pipeline's."""
+    mp.spawn(_one_rank_worker, args=(_free_port(), str(tmp_path)), nprocs=1, join=True)
+    results = torch.load(tmp_path / "one_rank.pt")
+    direct, pipelined = results["direct"], results["pipelined"]
+    assert len(direct["losses"]) == 6 and direct["losses"] == pytest.approx(pipelined["losses"], rel=1e-6)
+    assert direct["state"].keys() == pipelined["state"].keys()
+    for key, value in direct["state"].items():
+        torch.testing.assert_close(value, pipelined["state"][key], rtol=1e-5, atol=1e-6, msg=key)
