@@ -303,3 +303,24 @@ def test_background_feed_keeps_order_raises_and_stops() -> None:
     assert not any(t.name == "distrec-feed" for t in threading.enumerate())
     assert len(produced) == count  # nothing more after close
     assert count <= 5 + 2 + 1  # at most depth ahead, plus the item it was putting
+
+
+def test_background_feed_stays_in_the_consumers_thread_until_released() -> None:
+    """Until ``after`` is set (TorchRec's pipeline has traced the model on its first step), every item is
+    produced in the consumer's own thread, so nothing runs beside the tracer; then the thread takes over."""
+    import threading
+
+    producers: list[str] = []
+
+    def items() -> Iterator[int]:
+        for i in range(10):
+            producers.append(threading.current_thread().name)
+            yield i
+
+    released = threading.Event()
+    feed = background(items(), depth=2, after=released)
+    assert [next(feed), next(feed)] == [0, 1]
+    assert producers == [threading.current_thread().name] * 2  # one item a request, in this thread
+    released.set()
+    assert list(feed) == list(range(2, 10))
+    assert set(producers[2:]) == {"distrec-feed"}

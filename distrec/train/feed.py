@@ -34,7 +34,7 @@ T = TypeVar("T")
 _DONE = object()  # the end of a background iterator's queue
 
 
-def background(items: Iterable[T], depth: int = 40) -> Iterator[T]:
+def background(items: Iterable[T], depth: int = 40, after: threading.Event | None = None) -> Iterator[T]:
     """``items``, produced in a thread of their own at most ``depth`` ahead of the consumer.
 
     A rank of a multi-worker run spends part of every step waiting on its collectives (a quarter of
@@ -45,7 +45,19 @@ def background(items: Iterable[T], depth: int = 40) -> Iterator[T]:
     hold more than two of the reader's chunks (16,384 rows) at 1,024 rows a batch, so a chunk scored
     at once does not drain it. An exception in the thread is raised in the consumer; closing the
     iterator stops the thread.
+
+    Until ``after`` is set, items are produced in the consumer's thread, one per request. TorchRec's
+    pipeline traces the model with torch.fx on its first step, and the tracer patches
+    ``nn.Module.__call__`` for every thread: a teacher scoring inline in the thread meanwhile was taken
+    for a submodule of the traced model ("module is not installed as a submodule").
     """
+    items = iter(items)
+    while after is not None and not after.is_set():
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        yield item
     ready: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Iterator
@@ -362,7 +363,8 @@ class Worker:
                 tables = (replace(chunk, records=self.labeler(chunk.records)) for chunk in tables)
         else:
             tables = arrow_batches(task.shards[self.rank], task.train.batch_size)  # type: ignore[index]
-        batches = background(to_batches(tables, self.builder, task.train.batch_size, seed))
+        first_step_done = threading.Event()  # the feed's thread starts after it (``background``)
+        batches = background(to_batches(tables, self.builder, task.train.batch_size, seed), after=first_step_done)
         held: deque[int] = deque()  # held-out rows of each local batch, in order (the pipeline keeps it)
         if task.held_out is not None:
             batches = hold_out(batches, *task.held_out, held)
@@ -374,6 +376,7 @@ class Worker:
         self.training.dmp.train()
         self.schedule.apply(self.progress.global_step)
         for out in self._outputs(batches, "train_step", first="first_step"):
+            first_step_done.set()
             live = out.weights.sum()
             totals[0] += (out.loss * live).double()
             totals[1] += live.double()
