@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import queue
+import sys
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -71,8 +72,9 @@ def background(items: Iterable[T], depth: int = 40, after: threading.Event | Non
         return False
 
     def produce() -> None:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # this thread only (Linux)
         try:
+            if sys.platform == "linux":  # Linux keeps a nice value per thread; elsewhere the id names a process
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
             for item in items:
                 if not put(item):
                     return
