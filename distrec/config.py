@@ -83,6 +83,9 @@ class TrainConfig:
     device: str = "cpu"  # cpu (gloo) | cuda (nccl)
     # Allowed TorchRec sharding types; empty: every type the device supports except data_parallel.
     sharding_types: list[str] = field(default_factory=list)
+    # With several workers, tables smaller than this many MiB are replicated (data_parallel) instead:
+    # no all-to-all for their lookups. 0: every table sharded. Exclusive with sharding_types.
+    replicate_below_mib: float = 0.0
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: at epoch ends only)
@@ -472,6 +475,12 @@ def check_train(train: TrainConfig, errors: Errors) -> None:
         errors.at_least(f"train.{key}", getattr(train, key), 1)
     for key in ("warmup_steps", "patience", "checkpoint_every", "max_failures", "gpus_per_worker"):
         errors.at_least(f"train.{key}", getattr(train, key), 0)
+    errors.at_least("train.replicate_below_mib", train.replicate_below_mib, 0)
+    if train.replicate_below_mib > 0 and train.sharding_types:
+        errors.add(
+            "train.replicate_below_mib and train.sharding_types are exclusive: set the types, or let small "
+            "tables be replicated and the rest sharded"
+        )
     for key in ("dense_lr", "sparse_lr", "cpus_per_worker"):
         errors.at_least(f"train.{key}", getattr(train, key), 0, strict=True)
     errors.within("train.min_lr_ratio", train.min_lr_ratio, 0.0, 1.0)

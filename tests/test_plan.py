@@ -93,3 +93,35 @@ def test_tables_keep_their_optimizer_whatever_the_sharding(
     dense = [kind for n, (kind, lr) in holders.items() if n not in tables]
     assert dense and set(dense) == {"Adam"}
     assert all(lr == 0.003 for n, (kind, lr) in holders.items() if n not in tables)
+
+
+def test_small_tables_are_replicated_below_the_threshold(tiny_dataset: tuple[Path, Manifest]) -> None:
+    """``train.replicate_below_mib``: on several ranks, every table under the threshold is data_parallel (on
+    every rank, whole) and the rest stay sharded; a rank alone keeps its plan."""
+    root, manifest = tiny_dataset
+    rows = plan_config(load_config("jobs/local.yaml", [f"data.path={root}"]), manifest, 2, "cpu")
+    largest = max(r["rows"] * r["dim"] * 4 for r in rows)
+    threshold = largest / 2**20  # strictly below it: every table but the largest
+    config = load_config("jobs/local.yaml", [f"data.path={root}", f"train.replicate_below_mib={threshold}"])
+    replicated = plan_config(config, manifest, 2, "cpu")
+    assert {r["sharding"] for r in replicated} == {"data_parallel", "table_wise"}  # both kinds present
+    for r in replicated:
+        small = r["rows"] * r["dim"] * 4 < largest
+        assert (r["sharding"] == "data_parallel") == small, r
+        if small:
+            assert r["ranks"] == [0, 1] and set(r["mib_per_rank"].values()) == {
+                round(r["rows"] * r["dim"] * 4 / 2**20, 2)
+            }
+    assert not any(r["sharding"] == "data_parallel" for r in plan_config(config, manifest, 1, "cpu"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.replicate_below_mib=-1"], "train.replicate_below_mib must be >= 0"),
+        (["train.replicate_below_mib=1", "train.sharding_types=[table_wise]"], "exclusive"),
+    ],
+)
+def test_bad_replication_settings_are_config_errors(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config("jobs/local.yaml", overrides)

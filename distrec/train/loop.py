@@ -181,7 +181,9 @@ def build_training(task: WorkerTask, manifest: Manifest, world: int, device: tor
     sparse_optimizer = _sparse_optimizer(train.sparse_optimizer)
     apply_optimizer_in_backward(sparse_optimizer, tables, {"lr": train.sparse_lr})
 
-    planner = make_planner(objective, world, train.device, train.sharding_types, train.batch_size)
+    planner = make_planner(
+        objective, world, train.device, train.sharding_types, train.batch_size, train.replicate_below_mib
+    )
     plan = planner.collective_plan(objective, get_default_sharders(), dist.GroupMember.WORLD)
     dmp = DistributedModelParallel(
         objective,

@@ -38,7 +38,10 @@ def plan_model(
     manifest = manifest.with_table_rows(dict(m.table_rows))
     model = model_from_config(m, manifest, torch.device("meta"))
     objective = Objective(model)
-    planner = make_planner(objective, world_size, device, config.train.sharding_types, config.train.batch_size)
+    train = config.train
+    planner = make_planner(
+        objective, world_size, device, train.sharding_types, train.batch_size, train.replicate_below_mib
+    )
     plan = planner.plan(objective, get_default_sharders())
     sizes = {cfg.name: (cfg.num_embeddings, cfg.embedding_dim) for cfg in embedding_configs(objective)}
     rows = []
