@@ -104,7 +104,8 @@ def test_small_tables_are_replicated_below_the_threshold(tiny_dataset: tuple[Pat
     threshold = largest / 2**20  # strictly below it: every table but the largest
     config = load_config("jobs/local.yaml", [f"data.path={root}", f"train.replicate_below_mib={threshold}"])
     replicated = plan_config(config, manifest, 2, "cpu")
-    assert {r["sharding"] for r in replicated} == {"data_parallel", "table_wise"}  # both kinds present
+    kinds = {r["sharding"] for r in replicated}
+    assert "data_parallel" in kinds and len(kinds) > 1  # both: replicated and (however the planner shards) sharded
     for r in replicated:
         small = r["rows"] * r["dim"] * 4 < largest
         assert (r["sharding"] == "data_parallel") == small, r
