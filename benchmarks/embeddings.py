@@ -80,7 +80,7 @@ def _batches(manifest: object, table_rows: int, batch_size: int, count: int) -> 
 
 
 def _torchrec_step(manifest: object, batches: list[object], batch_size: int) -> object:
-    """``train_worker``'s construction, minus Ray: returns a function running one pipelined step."""
+    """``train_worker``'s construction, minus Ray: returns a function running one step (``Training.pipeline``)."""
     import torch
 
     from distrec.config import ModelConfig, TrainConfig

@@ -4,6 +4,7 @@ from a shard's chunks, clear errors on bad values naming the file."""
 from __future__ import annotations
 
 import re
+import threading
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import fields
@@ -274,8 +275,6 @@ def test_bad_ids_in_a_file_are_named_with_the_file(tmp_path: Path, statistics: b
 def test_background_feed_keeps_order_raises_and_stops() -> None:
     """``background`` yields what its iterable yields, in order; an error in its thread reaches the
     consumer; closing it early stops the thread instead of letting it produce for no one."""
-    import threading
-
     assert list(background(iter(range(100)), depth=3)) == list(range(100))
 
     def failing() -> Iterator[int]:
@@ -308,8 +307,6 @@ def test_background_feed_keeps_order_raises_and_stops() -> None:
 def test_background_feed_stays_in_the_consumers_thread_until_released() -> None:
     """Until ``after`` is set (TorchRec's pipeline has traced the model on its first step), every item is
     produced in the consumer's own thread, so nothing runs beside the tracer; then the thread takes over."""
-    import threading
-
     producers: list[str] = []
 
     def items() -> Iterator[int]:

@@ -13,9 +13,7 @@ from distrec.config import Config, ModelConfig
 from distrec.data.schema import Manifest
 from distrec.models.architectures import model_from_config
 from distrec.train.objective import Objective
-from distrec.train.sharding import embedding_configs, make_planner
-
-BYTES_PER_FLOAT = 4
+from distrec.train.sharding import BYTES_PER_FLOAT, embedding_configs, make_planner
 
 
 def _bytes_per_rank(ps: ParameterSharding, rows: int, dim: int, world: int) -> dict[int, int]:

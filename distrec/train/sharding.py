@@ -20,6 +20,7 @@ from distrec.models.base import embedding_modules, table_configs
 
 CPU_SHARDING_TYPES = ("data_parallel", "table_wise", "column_wise", "table_column_wise")
 GPU_SHARDING_TYPES = (*CPU_SHARDING_TYPES, "row_wise", "table_row_wise")
+BYTES_PER_FLOAT = 4  # the tables' weights are float32
 
 
 def supported_sharding_types(device_type: str) -> tuple[str, ...]:
@@ -66,7 +67,8 @@ def make_planner(
     allowed = allowed_sharding_types(device_type, sharding_types)
     constraints = {}
     for cfg in embedding_configs(model):
-        small = world_size > 1 and cfg.num_embeddings * cfg.embedding_dim * 4 < replicate_below_mib * 2**20
+        table_bytes = cfg.num_embeddings * cfg.embedding_dim * BYTES_PER_FLOAT
+        small = world_size > 1 and table_bytes < replicate_below_mib * 2**20
         constraints[cfg.name] = ParameterConstraints(sharding_types=["data_parallel"] if small else allowed)
     topology = Topology(world_size=world_size, compute_device=device_type, local_world_size=world_size)
     return EmbeddingShardingPlanner(topology=topology, batch_size=batch_size, constraints=constraints)
