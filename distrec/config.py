@@ -77,8 +77,9 @@ class TrainConfig:
     patience: int = 2  # stop after this many epochs without a better valid AUC (0: never stop early)
     select_best: bool = True  # keep the export of the best epoch on valid (False: of the last epoch)
     # The split each epoch is validated on (best epoch, early stopping, ``distrec tune``'s objective):
-    # valid (the logging policy) or valid_random (uniformly random exposure, where the dataset has it).
-    # Only valid_random can show a gain under an exposure shift, so it is the one to tune CRL on.
+    # valid (the logging policy), valid_random (uniformly random exposure, where the dataset has it) or
+    # valid_do (the synthetic SCM's history set by intervention). Only valid_random can show a gain under an
+    # exposure shift, so it is the one to tune CRL on; only valid_do rewards the front-door target, CausalD's.
     valid_split: str = "valid"
     device: str = "cpu"  # cpu (gloo) | cuda (nccl)
     # Allowed TorchRec sharding types; empty: every type the device supports except data_parallel.
@@ -454,7 +455,7 @@ SPARSE_OPTIMIZERS = {
 
 # Ray placement-group strategies (ray.util.placement_group)
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
-VALID_SPLITS = ("valid", "valid_random")  # never a test split
+VALID_SPLITS = ("valid", "valid_random", "valid_do")  # never a test split
 
 
 def check_train(train: TrainConfig, errors: Errors) -> None:

@@ -27,14 +27,19 @@ COMMON = ["ablation=true", "eval.peers=[mf]"]
 # Chosen for the synthetic default by searches on valid_random (docs/results.md, the session 11 reading): the
 # CRL critic (crl alone over critic_lr x critic_steps)
 SYNTHETIC_CHOSEN = ["crl.critic_lr=0.03"]
+# CausalD alone, as its own method: the student without CRL, lambda chosen on valid_do, the do-split's validation
+# twin, where the front-door target is the Bayes predictor (docs/results.md, the session 21 reading); the
+# ablation's causald shares the full student's lambda, chosen on valid_random for the exposure shift
+CAUSALD_CHOSEN = ["crl.beta=0", "train.valid_split=valid_do", "distill.weight=3.0"]
 LARGE = ["data.synth.rows=2000000", "data.synth.users=2000", "data.synth.items=1000", "eval.peers=[mf]"]
 
 
 def experiments(seeds: list[int]) -> dict[str, list[list[str]]]:
-    """Every experiment: the synthetic default, the 2M-row SCM (no ablation: ~10 min a seed on 2 idle
-    cores) and the real logs."""
+    """Every experiment: the synthetic default, CausalD at its own settings on it, the 2M-row SCM (no
+    ablation: ~10 min a seed on 2 idle cores) and the real logs."""
     return {
         "synthetic": [[*COMMON, f"seed={s}", f"data.synth.seed={s}", *SYNTHETIC_CHOSEN] for s in seeds],
+        "synthetic-causald": [[f"seed={s}", f"data.synth.seed={s}", *CAUSALD_CHOSEN] for s in seeds],
         "synthetic-2m": [[*LARGE, f"seed={s}", f"data.synth.seed={s}"] for s in seeds],
         "movielens": [[*COMMON, "data.path=data/ml", f"seed={s}", "crl.beta=0"] for s in seeds],
         "open-bandit": [[*COMMON, "data.path=data/obd", f"seed={s}"] for s in seeds],
@@ -46,11 +51,12 @@ def experiments(seeds: list[int]) -> dict[str, list[list[str]]]:
 # The 2M-row SCM keeps the defaults (a search there would cost ~40 min on 2 cores).
 LR_SPACE = "tune.space={train.sparse_lr: [0.03, 0.1], train.dense_lr: [0.001, 0.003]}"
 TUNED = ("synthetic", "movielens", "open-bandit")
+SAME_DATA = {"synthetic-causald": "synthetic"}  # experiments that reuse another's search (same dataset)
 
 
 def tuned_learning_rates(name: str, overrides: list[str]) -> list[str]:
     """``train.*`` overrides chosen by a search of base on ``valid`` (run once per experiment, then reused)."""
-    run_id = f"results-tune-{name}"
+    run_id = f"results-tune-{SAME_DATA.get(name, name)}"
     result = REPO / "runs" / run_id / "tune.json"
     if not result.is_file():
         data = [o for o in overrides if o.startswith("data.")]
@@ -222,7 +228,7 @@ def main() -> None:
     for name, runs in experiments(args.seeds).items():
         if args.only and name not in args.only:
             continue
-        chosen = tuned_learning_rates(name, runs[0]) if name in TUNED else []
+        chosen = tuned_learning_rates(name, runs[0]) if SAME_DATA.get(name, name) in TUNED else []
         for overrides in (run + chosen for run in runs):
             if any(r["overrides"] == overrides for r in index.get(name, [])):
                 continue

@@ -44,8 +44,9 @@ def test_layout_and_manifest(dataset: tuple[Path, Manifest, dict[str, pa.Table]]
         "test_ood": ["ds=2026-01-07"],
         "test_do": ["ds=2026-01-07"],
         "valid_random": ["ds=2026-01-06"],
+        "valid_do": ["ds=2026-01-06"],
     }
-    eval_rows = {s: 4_500 for s in ("valid", "test_id", "test_ood", "test_do", "valid_random")}
+    eval_rows = {s: 4_500 for s in ("valid", "test_id", "test_ood", "test_do", "valid_random", "valid_do")}
     assert manifest.rows == {"train": 42_000, **eval_rows}
     assert {s: t.num_rows for s, t in tables.items()} == manifest.rows
     assert manifest.has_true_ctr and manifest.history_max_len == 20
@@ -171,25 +172,27 @@ def test_truths_are_exact(dataset: tuple[Path, Manifest, dict[str, pa.Table]]) -
 
 def test_ceilings_read_as_the_scm_promises(dataset: tuple[Path, Manifest, dict[str, pa.Table]]) -> None:
     _, _, tables = dataset
-    for split in ("test_id", "test_do"):  # the logs' and the intervention's Bayes predictors are calibrated
+    for split in ("test_id", "test_do", "valid_do"):  # the logs' and the intervention's Bayes predictors are calibrated
         y = tables[split]["label"].to_numpy()
         truth = "p_obs" if split == "test_id" else "p_fd"
         assert abs(y.mean() - tables[split][truth].to_numpy().mean()) < 0.015, split
     score = {
         (s, t): auc(tables[s]["label"].to_numpy(), tables[s][t].to_numpy())
-        for s in ("test_id", "test_ood", "test_do")
+        for s in ("test_id", "test_ood", "test_do", "valid_do")
         for t in ("p_obs", "p_do", "p_fd")
     }
     assert score["test_id", "p_obs"] > score["test_id", "p_do"]  # in distribution the spurious tag helps
     assert score["test_ood", "p_do"] - score["test_ood", "p_obs"] > 0.03  # under the flip it costs
     assert abs(score["test_ood", "p_do"] - score["test_id", "p_do"]) < 0.02  # the interventional truth is robust
-    assert score["test_do", "p_fd"] - score["test_do", "p_obs"] > 0.01  # with X set, the user's U misleads
+    for split in ("test_do", "valid_do"):  # with X set, the user's U misleads; valid_do is test_do's twin
+        assert score[split, "p_fd"] - score[split, "p_obs"] > 0.01, split
 
     def logloss(split: str, truth: str) -> float:
         y, p = tables[split]["label"].to_numpy(), np.clip(tables[split][truth].to_numpy(), 1e-6, 1 - 1e-6)
         return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
 
-    assert logloss("test_do", "p_fd") < logloss("test_do", "p_obs") - 0.01  # p_fd is the Bayes predictor there
+    for split in ("test_do", "valid_do"):  # p_fd is the Bayes predictor there
+        assert logloss(split, "p_fd") < logloss(split, "p_obs") - 0.01, split
 
 
 def test_deterministic_given_seed(tmp_path: Path) -> None:

@@ -52,8 +52,9 @@ P_FD = "p_fd"  # synthetic: the front-door target P(Y | do(x), i), the user conf
 TRUTHS = (TRUE_CTR, P_OBS, P_DO, P_FD)
 
 # test_ood: the exposure policy flipped; test_do (synthetic): the history set by intervention;
-# valid_random: a validation split under uniformly random exposure, to select on what a shift rewards
-SPLITS = ("train", "valid", "test_id", "test_ood", "test_do", "valid_random")
+# valid_random: a validation split under uniformly random exposure, to select on what a shift rewards;
+# valid_do (synthetic): test_do's validation twin, to select on what the front-door target rewards
+SPLITS = ("train", "valid", "test_id", "test_ood", "test_do", "valid_random", "valid_do")
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 

@@ -33,9 +33,10 @@ so penalising I(Z; policy) would remove item popularity, a real effect, along wi
 Splits: train, valid, test_id under the logging policy (train also has a ``random_fraction`` uniform
 slice), test_ood under the flipped policy, ``test_do``: X set by intervention, and ``valid_random``
 under the random policy: a validation split on which deconfounding pays, to select CRL's settings on
-(``train.valid_split``) without looking at a test split. On test_do each row's U is drawn afresh from
-the population (a random user's a, by activity), independent of the user id and the history, so
-P(Y | u, x, i) there is exactly the front-door target ``p_fd``.
+(``train.valid_split``) without looking at a test split; ``valid_do`` is test_do's validation twin (the
+day before, its own rows), on which CausalD's settings are selected the same way. On test_do and
+valid_do each row's U is drawn afresh from the population (a random user's a, by activity), independent
+of the user id and the history, so P(Y | u, x, i) there is exactly the front-door target ``p_fd``.
 
 Exact truths per row (Gauss-Hermite quadrature over V with ``TRUTH_NODES`` nodes, an exact sum over the
 mediators and, for p_fd, over the users)::
@@ -88,7 +89,7 @@ from distrec.data.schema import (
 from distrec.errors import ConfigError
 from distrec.io import atomic_dir
 
-SCM_VERSION = 5  # bumped whenever the SCM's equations or splits change: cached datasets are keyed by it
+SCM_VERSION = 6  # bumped whenever the SCM's equations or splits change: cached datasets are keyed by it
 B0 = -1.4  # click intercept
 W_M = 2.0  # weight of the mediated preference c_m.q_i / sqrt(dim): X -> M -> Y
 W_U = 0.8  # weight of the user confounder's taste for social items, a_u * r_i: U -> Y
@@ -329,8 +330,8 @@ def _plan(rows: int, days: int, random_fraction: float) -> list[_Partition]:
     specs = [("train", d, n, False, random_fraction, False) for d, n in enumerate(sizes)]
     specs += [("valid", days - 2, n_eval, False, 0.0, False), ("test_id", days - 1, n_eval, False, 0.0, False)]
     specs += [("test_ood", days - 1, n_eval, True, 0.0, False), ("test_do", days - 1, n_eval, False, 0.0, True)]
-    # last, beyond ``rows``: adding it left every row of the other splits as it was
-    specs += [("valid_random", days - 2, n_eval, False, 1.0, False)]
+    # last, beyond ``rows``: adding them left every row of the other splits as it was
+    specs += [("valid_random", days - 2, n_eval, False, 1.0, False), ("valid_do", days - 2, n_eval, False, 0.0, True)]
     if min(s[2] for s in specs) == 0:
         raise ConfigError(f"synthesize: rows={rows} is too few for {days} days; every partition needs a row")
     offsets = np.cumsum([0] + [s[2] for s in specs])
@@ -521,7 +522,8 @@ def synthesize(
     Splits: train = days 1..days-2 (logging policy plus a ``random_fraction`` uniform slice), valid = day
     days-1, test_id = last day under the logging policy, test_ood = last day under the flipped policy,
     test_do = last day with X set by intervention (the module docstring); valid and the three test splits
-    hold 7.5% of ``rows`` each, and valid_random (day days-1, the random policy) 7.5% more. Memory is
+    hold 7.5% of ``rows`` each, and valid_random (day days-1, the random policy) and valid_do (day days-1, X set
+    by intervention) 7.5% more each. Memory is
     bounded by ``chunk_rows`` (plus users x history_len for the history pools); a partition's file rolls
     over after ``rows_per_file`` rows rounded up to whole chunks. ``processes`` > 1 writes that many files
     at a time, each in its own process; the data do not depend on it.
