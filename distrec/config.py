@@ -110,7 +110,9 @@ class DistillConfig:
     lambda 0.3: the best of {0.1, 0.3, 1} x crl.beta {1, 2, 3} for the student on the synthetic default's
     random-exposure validation split (``distrec tune ... tune.target=student train.valid_split=valid_random``,
     seed 0; docs/results.md). The front-door labels average the user confounder out, which the exposure
-    shift rewards keeping, so a lighter distillation serves the student's objective there.
+    shift rewards keeping, so a lighter distillation serves the student's objective there. CausalD alone
+    (``crl.beta=0``) chose lambda 3 on ``valid_do``, the split on which the front-door target is the Bayes
+    predictor (``train.valid_split=valid_do``; docs/results.md, session 21).
     """
 
     weight: float = 0.3  # lambda

@@ -410,6 +410,7 @@ def test_valid_overrides_load() -> None:
         (["crl.critic_hidden=0"], "crl.critic_hidden must be >= 1"),
         (["crl.representation=hidden"], "crl.representation must be one of"),
         (["train.valid_split=test_ood"], "train.valid_split must be one of"),
+        (["train.valid_split=test_do"], "train.valid_split must be one of"),  # valid_do is its validation twin
         (["distill.mediator_samples=0"], "distill.mediator_samples must be >= 1"),
         (["distill.mediator_samples=4"], "needs mediator_dropout > 0 on every teacher"),
         (["student.mediator_dropout=1.0"], r"student.mediator_dropout must be in \[0, 1\)"),
