@@ -4,6 +4,8 @@ from a shard's chunks, clear errors on bad values naming the file."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -321,3 +323,34 @@ def test_background_feed_stays_in_the_consumers_thread_until_released() -> None:
     released.set()
     assert list(feed) == list(range(2, 10))
     assert set(producers[2:]) == {"distrec-feed"}
+
+
+LOWERED = """
+import os, threading
+from distrec.train.feed import lowest_cpu_priority
+
+def nice(thread_id):
+    return os.getpriority(os.PRIO_PROCESS, thread_id)
+
+released = threading.Event()
+waiting = threading.Thread(target=released.wait)
+waiting.start()
+before = nice(threading.get_native_id())
+lowest_cpu_priority()
+later = []
+started = threading.Thread(target=lambda: later.append(nice(threading.get_native_id())))
+started.start()
+started.join()
+print(before, sorted({nice(int(t)) for t in os.listdir("/proc/self/task")}), later)
+released.set()
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="Linux keeps a nice value per thread")
+def test_lowest_cpu_priority_lowers_every_thread_of_a_process_and_those_it_starts() -> None:
+    """What the stream's scoring actors call first (``StreamLabeler``); run in a process of its own,
+    since it cannot be undone."""
+    out = subprocess.run([sys.executable, "-c", LOWERED], capture_output=True, text=True, check=True).stdout.split()
+    if out[0] == "19":
+        pytest.skip("this test already runs at nice 19: nothing to lower")
+    assert out[1:] == ["[19]", "[19]"], out

@@ -35,6 +35,19 @@ T = TypeVar("T")
 _DONE = object()  # the end of a background iterator's queue
 
 
+def lowest_cpu_priority(thread_ids: Iterable[int] | None = None) -> None:
+    """Nice 19 for each of ``thread_ids`` (native ids; None: every thread of this process), on Linux: it
+    keeps a nice value per thread, and a thread starts with its creator's. Elsewhere an id names a
+    process, so nothing is changed."""
+    if sys.platform != "linux":
+        return
+    for thread_id in [int(t) for t in os.listdir("/proc/self/task")] if thread_ids is None else thread_ids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, thread_id, 19)
+        except ProcessLookupError:  # a thread that ended since it was listed
+            continue
+
+
 def background(items: Iterable[T], depth: int = 40, after: threading.Event | None = None) -> Iterator[T]:
     """``items``, produced in a thread of their own at most ``depth`` ahead of the consumer.
 
@@ -73,8 +86,7 @@ def background(items: Iterable[T], depth: int = 40, after: threading.Event | Non
 
     def produce() -> None:
         try:
-            if sys.platform == "linux":  # Linux keeps a nice value per thread; elsewhere the id names a process
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+            lowest_cpu_priority([threading.get_native_id()])
             for item in items:
                 if not put(item):
                     return
