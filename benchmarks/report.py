@@ -434,6 +434,8 @@ def render(
         f"{info.get('load_average_end')} at the end",
         f"- versions: Python {info.get('python')}, torch {info.get('torch')}, torchrec {info.get('torchrec')}, "
         f"fbgemm-gpu-cpu {info.get('fbgemm_gpu_cpu')}, Ray {info.get('ray')}, pyarrow {info.get('pyarrow')}",
+        "- how the figures got here (the partial reruns, A/Bs and profiles behind each change, with their "
+        "commands): `docs/performance-history.md`",
         "",
         "| figure | ratio | target | met | measured | reference | sizes |",
         "|---|---|---|---|---|---|---|",

@@ -150,21 +150,22 @@ def run(out: Path, quick: bool) -> dict[str, object]:
     # as distrec run scores them: the front-door columns the student reads; one thread (inline: as the rank)
     options = ScoringOptions(str(bank.resolve()), bank_groups=groups, targets=soft_label_targets(config))
 
-    def stream(bank_groups: int = groups) -> object:
-        return soft_label_stream(files, columns, teachers, replace(options, bank_groups=bank_groups), batch)  # type: ignore[arg-type]
+    def stream(bank_groups: int = groups, beside_training: bool = True) -> object:
+        scoring = replace(options, bank_groups=bank_groups)
+        return soft_label_stream(files, columns, teachers, scoring, batch, beside_training=beside_training)  # type: ignore[arg-type]
 
     inputs = [f for f in sorted((work / "teachers").rglob("*")) if f.is_file()] + [bank]
     digest = hashlib.sha1(b"".join(f.read_bytes() for f in inputs)).hexdigest()
     precomputed = work / f"soft_labels-{digest[:10]}-g{groups}"  # keyed by the teachers' weights, the bank, the groups
     if not precomputed.is_dir():
         with atomic_dir(precomputed) as tmp:
-            stream().write_parquet(str(tmp))  # type: ignore[attr-defined]
+            stream(beside_training=False).write_parquet(str(tmp))  # type: ignore[attr-defined]
     scoring = _scoring(teachers, options, files, columns, batch, split=True)
     scoring_generic = _scoring(teachers, options, files, columns, batch, split=False)
     alone: list[tuple[float, float]] = []
 
     def stream_alone() -> float:
-        alone.append(_stream_alone(stream(), config.train.batch_size))
+        alone.append(_stream_alone(stream(beside_training=False), config.train.batch_size))
         return alone[-1][1]
 
     epoch: dict[str, list[float]] = defaultdict(list)  # per side: the whole epoch's rows/s

@@ -379,7 +379,7 @@ def train_students(ctx: RunContext) -> None:
         ctx.stage("student on the streamed soft labels", [students[-1][0].name])
         log.info("training the student on the streamed soft labels")
         model_config, extra = students[-1]
-        _keep(ctx, fit(ctx.task(model_config, config.seed, **extra), ctx.storage, soft_labels(ctx)))
+        _keep(ctx, fit(ctx.task(model_config, config.seed, **extra), ctx.storage, soft_labels(ctx, True)))
 
 
 def history_bank(ctx: RunContext) -> Path:
@@ -413,8 +413,9 @@ def teacher_exports(ctx: RunContext) -> dict[str, list[str]]:
     }
 
 
-def soft_labels(ctx: RunContext) -> ray.data.Dataset:
-    """The lazily executed soft-label stream over the train split, from every teacher's export."""
+def soft_labels(ctx: RunContext, beside_training: bool = False) -> ray.data.Dataset:
+    """The lazily executed soft-label stream over the train split, from every teacher's export;
+    ``beside_training``: a student trains on it as it flows (``soft_label_stream``)."""
     train_files = [str(f.resolve()) for f in ctx.manifest.files(ctx.root, "train")]
     columns = BatchBuilder(ctx.manifest).columns
     distill = ctx.config.distill
@@ -426,6 +427,7 @@ def soft_labels(ctx: RunContext) -> ray.data.Dataset:
         distill.score_batch_size,
         scorers_per_teacher=distill.scorers_per_teacher,
         scorer_cpus=distill.scorer_cpus,
+        beside_training=beside_training,
     )
 
 

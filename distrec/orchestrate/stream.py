@@ -183,13 +183,17 @@ class SoftLabeler:
 
 
 class StreamLabeler(SoftLabeler):
-    """The stream's scoring actor: ``SoftLabeler`` at the lowest CPU priority, every thread of its process.
+    """The scoring actor of a stream that a student trains on as it flows: ``SoftLabeler`` at the lowest
+    CPU priority, every thread of its process.
 
     Where the scorers share cores with the student's ranks (one machine, 2 cores), they then take the
     time the ranks' steps leave idle instead of delaying a step that the other ranks wait for, as the
     ranks' own feed threads do; a rank that waits on the stream sleeps and leaves them its core.
     The quick (c) benchmark, 4 alternating pairs (session 21): 0.638, 0.632, 0.673, 0.635 against 0.614,
     0.603, 0.594, 0.620 at Ray's default priority, +6%. Where scorers have cores of their own it changes nothing.
+    A stream consumed alone does not use it: there the scorers would only yield to the stream's own read
+    tasks (benchmark (i)'s job, 2.4M rows streamed alone, ran at 20,069 and 17,161 rows/s with it, and at
+    20,179 and 187,701 without: a stall that comes and goes either way, session 21, not yet explained).
     """
 
     def __init__(self, teachers: Mapping[str, str | Sequence[str]], options: ScoringOptions) -> None:
@@ -252,6 +256,7 @@ def soft_label_stream(
     batch_size: int,
     scorers_per_teacher: int = 1,
     scorer_cpus: float = 1.0,
+    beside_training: bool = False,
 ) -> ray.data.Dataset:
     """The lazily executed dataset the student trains on: logs plus every teacher's columns.
 
@@ -259,14 +264,16 @@ def soft_label_stream(
     its cross-fitted copies' in fold order (copy k trained without fold k; one copy: not cross-fitted).
     The scoring stage (``SoftLabeler``) runs ``scorers_per_teacher`` actors per teacher, each holding every
     teacher, of ``scorer_cpus`` CPUs (and as many torch threads, at least one: they replace ``options.threads``),
-    scoring with ``options``.
+    scoring with ``options``. ``beside_training``: a student trains on the stream as it flows, so the
+    scorers run at the lowest CPU priority (``StreamLabeler``); a stream consumed alone (written once as
+    precomputed soft labels) keeps Ray's, level with its read tasks.
     """
     options = replace(options, threads=max(1, int(scorer_cpus)))
     slots = cpu_slots()
     tasks = read_tasks(train_files, slots)
     ds = ray.data.read_datasource(ParquetFiles(train_files, columns), concurrency=slots, override_num_blocks=tasks)
     return ds.map_batches(
-        StreamLabeler,
+        StreamLabeler if beside_training else SoftLabeler,
         fn_constructor_kwargs={"teachers": dict(teachers), "options": options},
         batch_size=batch_size,
         batch_format="pyarrow",
