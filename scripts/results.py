@@ -30,7 +30,8 @@ SYNTHETIC_CHOSEN = ["crl.critic_lr=0.03"]
 # CausalD alone, as its own method: the student without CRL, lambda chosen on valid_do, the do-split's validation
 # twin, where the front-door target is the Bayes predictor (docs/results.md, the session 21 reading); the
 # ablation's causald shares the full student's lambda, chosen on valid_random for the exposure shift
-CAUSALD_CHOSEN = ["crl.beta=0", "train.valid_split=valid_do", "distill.weight=3.0"]
+CAUSALD_LAMBDA = 3.0
+CAUSALD_CHOSEN = ["crl.beta=0", "train.valid_split=valid_do", f"distill.weight={CAUSALD_LAMBDA}"]
 LARGE = ["data.synth.rows=2000000", "data.synth.users=2000", "data.synth.items=1000", "eval.peers=[mf]"]
 
 
@@ -53,7 +54,7 @@ LR_SPACE = "tune.space={train.sparse_lr: [0.03, 0.1], train.dense_lr: [0.001, 0.
 TUNED = ("synthetic", "movielens", "open-bandit")
 SAME_DATA = {"synthetic-causald": "synthetic"}  # experiments that reuse another's search (same dataset)
 # what the configured student is in an experiment without ablation, for its tables
-STUDENT_IS = {"synthetic-causald": "causald (lambda 3, valid_do)"}
+STUDENT_IS = {"synthetic-causald": f"causald (lambda {CAUSALD_LAMBDA:g}, valid_do)"}
 
 
 def tuned_learning_rates(name: str, overrides: list[str]) -> list[str]:

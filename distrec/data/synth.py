@@ -517,16 +517,15 @@ def synthesize(
     overwrite: bool = False,
     processes: int = 1,
 ) -> Manifest:
-    """Write ``rows`` synthetic exposures (the splits but valid_random) as a dataset directory at ``out``.
+    """Write ``rows`` synthetic exposures (the splits but valid_random and valid_do) as a dataset directory at ``out``.
 
     Splits: train = days 1..days-2 (logging policy plus a ``random_fraction`` uniform slice), valid = day
     days-1, test_id = last day under the logging policy, test_ood = last day under the flipped policy,
     test_do = last day with X set by intervention (the module docstring); valid and the three test splits
-    hold 7.5% of ``rows`` each, and valid_random (day days-1, the random policy) and valid_do (day days-1, X set
-    by intervention) 7.5% more each. Memory is
-    bounded by ``chunk_rows`` (plus users x history_len for the history pools); a partition's file rolls
-    over after ``rows_per_file`` rows rounded up to whole chunks. ``processes`` > 1 writes that many files
-    at a time, each in its own process; the data do not depend on it.
+    hold 7.5% of ``rows`` each, and valid_random (day days-1, the random policy) and valid_do (day days-1,
+    X set by intervention) 7.5% more each. Memory is bounded by ``chunk_rows`` (plus users x history_len for
+    the history pools); a partition's file rolls over after ``rows_per_file`` rows rounded up to whole chunks.
+    ``processes`` > 1 writes that many files at a time, each in its own process; the data do not depend on it.
     """
     if days < 3 or users < 1 or items < 2 or dim < 1 or num_tags < 4 or history_len < 0 or seed < 0:
         raise ConfigError(

@@ -379,7 +379,8 @@ def train_students(ctx: RunContext) -> None:
         ctx.stage("student on the streamed soft labels", [students[-1][0].name])
         log.info("training the student on the streamed soft labels")
         model_config, extra = students[-1]
-        _keep(ctx, fit(ctx.task(model_config, config.seed, **extra), ctx.storage, soft_labels(ctx, True)))
+        stream = soft_labels(ctx, beside_training=True)
+        _keep(ctx, fit(ctx.task(model_config, config.seed, **extra), ctx.storage, stream))
 
 
 def history_bank(ctx: RunContext) -> Path:
