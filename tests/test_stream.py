@@ -87,6 +87,10 @@ def test_every_row_exactly_once_with_both_teachers_columns(
         stream = soft_label_stream(files, columns, exports, ScoringOptions(str(bank)), batch_size=300).map_batches(
             stamp, batch_format="pyarrow"
         )
+        # ray_session's Ray Data settings reach the stream's executor (configure_ray_data): without them its
+        # scorers stalled for minutes behind the consumer's two prefetched batches
+        assert stream.context.downstream_capacity_backpressure_ratio is None
+        assert not stream.context.use_datasource_v2
         consumers = [Consumer.remote() for _ in range(2)]  # type: ignore[attr-defined]
         ray.get([c.ready.remote() for c in consumers])
         shards = stream.streaming_split(2, equal=False)

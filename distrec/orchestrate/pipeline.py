@@ -129,15 +129,22 @@ def ray_session(settings: RayConfig, log_dir: Path | None = None) -> Iterator[No
 
 def configure_ray_data(settings: RayConfig) -> None:
     """This process's Ray Data settings: no progress bars (the console shows progress), Ray Data's v1 read
-    path and the block size ``ray.data_block_mib``.
+    path, the block size ``ray.data_block_mib`` and no downstream-capacity backpressure.
 
     v2, Ray 2.60's default, slows every read, distrec's own ``ParquetFiles`` too: one teacher's stream over
-    7,000,000 rows ran at 53,000-61,000 rows/s on v2 against 166,000-179,000 on v1 (2 cores), and on 20M
-    rows its executor spun in its scheduling loop while the scorer waited on its consumer."""
+    7,000,000 rows ran at 53,000-61,000 rows/s on v2 against 166,000-179,000 on v1 (2 cores).
+
+    Ray 2.60's ``DownstreamCapacityBackpressurePolicy`` holds back the last stage (the scorers) while its
+    output exceeds twice what the consumer holds, about two batches: with a few scored blocks waiting it
+    stopped feeding the scorer for minutes at a time while the read piled blocks up in the object store and
+    the executor's loop spun a core. A stream over 2.4M rows after training a teacher ran at 15,000-20,000
+    rows/s in 4 of 6 runs with it and at 202,000-212,000 in 5 of 5 without. The object-store budget
+    (``ResourceBudget``) still bounds what the stream buffers."""
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.use_datasource_v2 = False
     context.target_max_block_size = settings.data_block_mib * 2**20
+    context.downstream_capacity_backpressure_ratio = None
 
 
 def new_run_id() -> str:
