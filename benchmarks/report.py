@@ -338,8 +338,9 @@ def _reading(details: dict[str, dict[str, object]], info: dict[str, object]) -> 
             "every rank and then made float64 copies of them (it now keeps one click byte and one float32 logit "
             "a row and sums the log-loss batch by batch; the workers then peaked at 858 MiB), and with Ray "
             "Data's 128 MiB blocks the stream spilled 4 GB of its object store to disk. "
-            "That run streamed at 164,889 rows/s; the 16 MiB blocks of this one cost throughput here, which "
-            "the 10M-row (e) passes (bank 8, no groups) did not show, and is not yet explained."
+            "That run streamed at 164,889 rows/s, and sessions 13-21 at 25,000-73,000: Ray 2.60's "
+            "downstream-capacity backpressure held the scorer stage back for minutes at a time, until session 22 "
+            "turned it off (`pipeline.configure_ray_data`)."
         )
     return out
 
