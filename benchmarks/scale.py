@@ -153,7 +153,8 @@ def main() -> None:
     parser.add_argument("--train-rows", type=int, default=0)
     parser.add_argument("--work", type=Path)
     args = parser.parse_args()
-    result = generate(args.root, args.rows) if args.step == "generate" else job(args.root, args.train_rows, args.work)
+    root = args.root.resolve()  # the training workers run in directories of their own
+    result = generate(root, args.rows) if args.step == "generate" else job(root, args.train_rows, args.work.resolve())
     print(json.dumps(result), flush=True)
 
 

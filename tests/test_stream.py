@@ -140,6 +140,7 @@ def test_parquet_files_read_every_row_once_in_order_in_groups_of_about_equal_byt
     tables = [table for task in tasks for table in task.read_fn()]
     assert all(t.column_names == ["id"] for t in tables)
     assert max(t.num_rows for t in tables) <= READ_CHUNK_ROWS and tables[0].num_rows == sum(sizes[:6])  # joined
+    assert all(t.column("id").num_chunks == 1 for t in tables)  # into one record batch each
     np.testing.assert_array_equal(pa.concat_tables(tables).column("id").to_numpy(), np.arange(sum(sizes)))
     equal = ParquetFiles(files[2:4], ["id"]).get_read_tasks(5)  # files of equal bytes: one a task, at most
     assert [task.metadata.input_files for task in equal] == [(files[2],), (files[3],)]

@@ -74,15 +74,22 @@ class ParquetFiles(Datasource):
 
 
 def _read_files(files: list[str], columns: list[str]) -> Iterator[pa.Table]:
-    """One read task: ``files`` in turn, as tables of at most ``READ_CHUNK_ROWS`` rows (small files joined)."""
+    """One read task: ``files`` in turn, as tables of at most ``READ_CHUNK_ROWS`` rows (small files joined).
+
+    Joined files are copied into one record batch: a table of hundreds of 70-row chunks would make every
+    later slice, scoring call and batch conversion walk them."""
     pending: list[pa.RecordBatch] = []
     rows = 0
     for path in files:
         for batch in pq.ParquetFile(path).iter_batches(READ_CHUNK_ROWS, columns=columns, use_threads=False):
             if pending and rows + batch.num_rows > READ_CHUNK_ROWS:
-                yield pa.Table.from_batches(pending)
+                yield _joined(pending)
                 pending, rows = [], 0
             pending.append(batch)
             rows += batch.num_rows
     if pending:
-        yield pa.Table.from_batches(pending)
+        yield _joined(pending)
+
+
+def _joined(batches: list[pa.RecordBatch]) -> pa.Table:
+    return pa.Table.from_batches([batches[0] if len(batches) == 1 else pa.concat_batches(batches)])
