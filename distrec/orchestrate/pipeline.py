@@ -138,7 +138,7 @@ def configure_ray_data(settings: RayConfig) -> None:
     output exceeds twice what the consumer holds, about two batches: with a few scored blocks waiting it
     stopped feeding the scorer for minutes at a time while the read piled blocks up in the object store and
     the executor's loop spun a core. A stream over 2.4M rows after training a teacher ran at 15,000-20,000
-    rows/s in 4 of 6 runs with it and at 202,000-212,000 in 5 of 5 without. The object-store budget
+    rows/s in 5 of 7 runs with it and at 202,000-212,000 in 5 of 5 without. The object-store budget
     (``ResourceBudget``) still bounds what the stream buffers."""
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False

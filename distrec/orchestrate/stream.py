@@ -192,8 +192,7 @@ class StreamLabeler(SoftLabeler):
     The quick (c) benchmark, 4 alternating pairs (session 21): 0.638, 0.632, 0.673, 0.635 against 0.614,
     0.603, 0.594, 0.620 at Ray's default priority, +6%. Where scorers have cores of their own it changes nothing.
     A stream consumed alone does not use it: there the scorers would only yield to the stream's own read
-    tasks (benchmark (i)'s job, 2.4M rows streamed alone, ran at 20,069 and 17,161 rows/s with it, and at
-    20,179 and 187,701 without: a stall that comes and goes either way, session 21, not yet explained).
+    tasks.
     """
 
     def __init__(self, teachers: Mapping[str, str | Sequence[str]], options: ScoringOptions) -> None:
