@@ -13,10 +13,11 @@ import pytest
 import ray
 import torch
 
-from distrec.causal.frontdoor import conditional_prob, front_door_prob
+from distrec.causal.frontdoor import conditional_prob, front_door_prob, sample_bank_indices
 from distrec.data.batch import BatchBuilder
 from distrec.data.datasource import READ_CHUNK_ROWS, ParquetFiles, read_tasks
 from distrec.data.schema import ITEM, LABEL, TS, USER, Manifest
+from distrec.data.synth import synthesize
 from distrec.models.architectures import build_model
 from distrec.orchestrate.stream import (
     ScoringOptions,
@@ -152,6 +153,18 @@ def test_history_bank_samples_distinct_training_rows(tiny_dataset: tuple[Path, M
     again = pq.read_table(write_history_bank(manifest, str(root), 50, seed=3, out=tmp_path / "again.parquet"))
     assert bank.num_rows == 50 and bank.equals(again)
     assert set(bank.column_names) == set(BatchBuilder(manifest).columns)
+
+
+def test_history_bank_reads_the_chosen_rows_row_group_by_row_group(tmp_path: Path) -> None:
+    """Files of several row groups: the bank holds exactly the training rows its indices name, in order."""
+    root = tmp_path / "synth"
+    manifest = synthesize(root, 6_000, users=100, items=50, days=3, history_len=6, seed=2, chunk_rows=300)
+    files = manifest.files(root, "train")
+    assert min(pq.ParquetFile(f).metadata.num_row_groups for f in files) > 1
+    columns = BatchBuilder(manifest).columns
+    every = pa.concat_tables(pq.read_table(f, columns=columns) for f in files)
+    bank = pq.read_table(write_history_bank(manifest, str(root), 40, seed=5, out=tmp_path / "bank.parquet"))
+    assert bank.equals(every.take(pa.array(sample_bank_indices(every.num_rows, 40, 5))))
 
 
 def test_small_files_share_read_tasks_and_large_ones_get_one_each(tmp_path: Path) -> None:
