@@ -128,10 +128,21 @@ def _nanmean(values: np.ndarray, weights: np.ndarray | None = None) -> float:
 
 
 def auc(labels: npt.ArrayLike, scores: npt.ArrayLike) -> float:
-    """Area under the ROC curve, ties averaged; NaN when only one class is present."""
+    """Area under the ROC curve, ties averaged; NaN when only one class is present.
+
+    Exactly the mean over positives of (negatives scored below it + half those tied with it) / negatives:
+    each positive's two counts by binary search in the negatives' sorted scores. No sort of every row
+    and no tie runs, so it holds about 20 bytes a row where the sort held about 50 (a training rank
+    validates millions of rows with it)."""
     labels, scores = _columns(labels, scores)
-    order = np.argsort(scores)
-    return _sorted_auc(scores[order], labels[order] > 0.5)
+    pos = labels > 0.5
+    negatives = np.sort(scores[~pos])
+    positives = scores[pos]
+    if not positives.size or not negatives.size:
+        return float("nan")
+    below = np.searchsorted(negatives, positives, side="left").sum(dtype=np.int64)
+    up_to = np.searchsorted(negatives, positives, side="right").sum(dtype=np.int64)
+    return float((below + up_to) / (2.0 * positives.size * negatives.size))
 
 
 def gauc(users: npt.ArrayLike, labels: npt.ArrayLike, scores: npt.ArrayLike) -> float:

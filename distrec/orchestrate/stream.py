@@ -231,14 +231,14 @@ def write_history_bank(manifest: Manifest, root: str, size: int, seed: int, out:
     """Sample ``size`` training rows (their x = user, context, history) into ``out`` as Parquet.
 
     Reads only the Parquet footers to count rows, then the chosen rows' row groups, ``BANK_READ_ROWS``
-    rows at a time: the driver holds a few thousand decoded rows, not a file (a whole 1M-row file of the
-    100M-row synthetic log raised the driver's peak by about 450 MiB).
+    rows at a time, with no file kept open: on the 100M-row synthetic log (1M-row files) the driver's
+    memory rose by 46 MiB, against 630 MiB reading whole files and 279 MiB with every file kept open.
     """
     columns = BatchBuilder(manifest).columns
-    groups = [
-        (pf, g, pf.metadata.row_group(g).num_rows)
-        for pf in (pq.ParquetFile(f) for f in manifest.files(root, "train"))
-        for g in range(pf.metadata.num_row_groups)
+    groups = [  # (file, row group, rows) over the training files; no file stays open (each holds buffers)
+        (f, g, meta.row_group(g).num_rows)
+        for f, meta in ((f, pq.read_metadata(f)) for f in manifest.files(root, "train"))
+        for g in range(meta.num_row_groups)
     ]
     counts = np.array([rows for _, _, rows in groups], dtype=np.int64)
     chosen = sample_bank_indices(int(counts.sum()), size, seed)  # sorted
@@ -246,14 +246,15 @@ def write_history_bank(manifest: Manifest, root: str, size: int, seed: int, out:
     group_of = np.searchsorted(starts, chosen, side="right") - 1
     pieces = []
     for g in np.unique(group_of):
-        pf, index, _ = groups[g]
+        path, index, _ = groups[g]
         local = chosen[group_of == g] - starts[g]
         offset = 0
-        for batch in pf.iter_batches(BANK_READ_ROWS, row_groups=[index], columns=columns, use_threads=False):
-            mine = local[(local >= offset) & (local < offset + batch.num_rows)] - offset
-            if mine.size:
-                pieces.append(pa.Table.from_batches([batch.take(pa.array(mine))]))
-            offset += batch.num_rows
+        with pq.ParquetFile(path) as pf:
+            for batch in pf.iter_batches(BANK_READ_ROWS, row_groups=[index], columns=columns, use_threads=False):
+                mine = local[(local >= offset) & (local < offset + batch.num_rows)] - offset
+                if mine.size:
+                    pieces.append(pa.Table.from_batches([batch.take(pa.array(mine))]))
+                offset += batch.num_rows
     sink = pa.BufferOutputStream()
     pq.write_table(pa.concat_tables(pieces), sink)
     atomic_write_bytes(out, sink.getvalue().to_pybytes())

@@ -461,12 +461,19 @@ class Worker:
                 logits.append(z)
         self.training.dmp.train()
         mine = (np.concatenate(clicks or [np.zeros(0, bool)]), np.concatenate(logits or [np.zeros(0, np.float32)]))
-        gathered: list[Any] = [None] * self.world
-        dist.all_gather_object(gathered, (*mine, loss_sum), group=self.control)
-        y_all = np.concatenate([g[0] for g in gathered])
-        rows = len(y_all)
-        mean_loss = sum(g[2] for g in gathered) / rows if rows else math.nan
-        return {"valid_auc": auc(y_all, np.concatenate([g[1] for g in gathered])), "valid_logloss": mean_loss}
+        # Rank 0 alone gathers every rank's rows and computes the AUC (its sort holds about 40 bytes a
+        # row: 300 MiB at 7.5M validation rows), then sends the two figures to the others.
+        gathered: list[Any] | None = [None] * self.world if self.rank == 0 else None
+        dist.gather_object((*mine, loss_sum), gathered, dst=0, group=self.control)
+        figures: list[Any] = [None]
+        if gathered is not None:
+            y_all = np.concatenate([g[0] for g in gathered])
+            rows = len(y_all)
+            mean_loss = sum(g[2] for g in gathered) / rows if rows else math.nan
+            figures[0] = {"valid_auc": auc(y_all, np.concatenate([g[1] for g in gathered])), "valid_logloss": mean_loss}
+            del gathered, y_all
+        dist.broadcast_object_list(figures, src=0, group=self.control)
+        return figures[0]
 
     def save_checkpoint(
         self, name: str, metrics: dict[str, Any], export: bool = False, started: float | None = None
