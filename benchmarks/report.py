@@ -254,6 +254,11 @@ def _reading(details: dict[str, dict[str, object]], info: dict[str, object]) -> 
                 if "independent_ratio" in d
                 else ""
             )
+            + "Where the second worker's time goes (session 23, by hand, `docs/performance-history.md`): "
+            "without Ray and with replicated tables a 2-rank step took 18.5-20.8 ms against 14.2 ms for one "
+            "rank, of which the training thread's CPU was 14.5-16.5 ms and the rest waiting on the other rank "
+            "at the step's two all-reduces; an all-reduce through shared memory instead of gloo's TCP took only "
+            "0.5-1 ms off it, so what stalls a step is the other rank, not the transport. "
             + (
                 "With a load average above the core count the two workers rarely hold a core each at the "
                 "same moment, so these figures measure the machine's contention as much as distrec."
