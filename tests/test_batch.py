@@ -332,17 +332,28 @@ from distrec.train.feed import lowest_cpu_priority
 def nice(thread_id):
     return os.getpriority(os.PRIO_PROCESS, thread_id)
 
+def nices():
+    out = set()
+    for task in os.listdir("/proc/self/task"):
+        try:
+            out.add(nice(int(task)))
+        except ProcessLookupError:  # a thread that ended after the listing (the one joined below)
+            pass
+    return sorted(out)
+
 released = threading.Event()
-waiting = threading.Thread(target=released.wait)
+waiting = threading.Thread(target=released.wait, daemon=True)
 waiting.start()
-before = nice(threading.get_native_id())
-lowest_cpu_priority()
-later = []
-started = threading.Thread(target=lambda: later.append(nice(threading.get_native_id())))
-started.start()
-started.join()
-print(before, sorted({nice(int(t)) for t in os.listdir("/proc/self/task")}), later)
-released.set()
+try:
+    before = nice(threading.get_native_id())
+    lowest_cpu_priority()
+    later = []
+    started = threading.Thread(target=lambda: later.append(nice(threading.get_native_id())))
+    started.start()
+    started.join()
+    print(before, nices(), later)
+finally:
+    released.set()
 """
 
 
@@ -350,7 +361,8 @@ released.set()
 def test_lowest_cpu_priority_lowers_every_thread_of_a_process_and_those_it_starts() -> None:
     """What the stream's scoring actors call first (``StreamLabeler``); run in a process of its own,
     since it cannot be undone."""
-    out = subprocess.run([sys.executable, "-c", LOWERED], capture_output=True, text=True, check=True).stdout.split()
+    run = subprocess.run([sys.executable, "-c", LOWERED], capture_output=True, text=True, check=True, timeout=120)
+    out = run.stdout.split()
     if out[0] == "19":
         pytest.skip("this test already runs at nice 19: nothing to lower")
     assert out[1:] == ["[19]", "[19]"], out
