@@ -461,8 +461,8 @@ class Worker:
                 logits.append(z)
         self.training.dmp.train()
         mine = (np.concatenate(clicks or [np.zeros(0, bool)]), np.concatenate(logits or [np.zeros(0, np.float32)]))
-        # Rank 0 alone gathers every rank's rows and computes the AUC (its sort holds about 40 bytes a
-        # row: 300 MiB at 7.5M validation rows), then sends the two figures to the others.
+        # Rank 0 alone gathers every rank's rows (5 bytes a row, and their pickles: at 7.5M validation
+        # rows every rank used to hold them all) and computes both figures, then sends them to the others.
         gathered: list[Any] | None = [None] * self.world if self.rank == 0 else None
         dist.gather_object((*mine, loss_sum), gathered, dst=0, group=self.control)
         figures: list[Any] = [None]
